@@ -1,0 +1,3 @@
+from rewardlab.cli import run
+
+run()

@@ -1,0 +1,102 @@
+"""Policy-model configuration: one dataclass covers Llama, Qwen2, Qwen3 and Gemma.
+
+The families differ only in switches (qkv bias, q/k norm, tied embeddings, Gemma's
+embedding scale and `(1 + w)` norm, GeGLU vs SwiGLU), so one module implements all.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 264
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 64
+  mlp_dim: int = 768
+  max_seq_len: int = 256
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False          # Qwen2
+  qk_norm: bool = False           # Qwen3
+  tie_embeddings: bool = True
+  embed_scale: bool = False       # Gemma multiplies embeddings by sqrt(d_model)
+  norm_offset: float = 0.0        # Gemma stores RMSNorm weight w and applies (1 + w)
+  activation: str = "silu"        # "silu" (SwiGLU) or "gelu_tanh" (Gemma's GeGLU)
+  param_dtype: str = "float32"
+  dtype: str = "float32"          # compute dtype of activations and matmuls
+  remat: bool = False
+
+  def __post_init__(self):
+    problems = []
+    if self.n_heads % self.n_kv_heads:
+      problems.append(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.head_dim % 2:
+      problems.append(f"head_dim={self.head_dim} must be even for RoPE")
+    if self.activation not in ACTIVATIONS:
+      problems.append(f"activation={self.activation!r} not in {ACTIVATIONS}")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in _DTYPES:
+        problems.append(f"{name}={getattr(self, name)!r} not in {tuple(_DTYPES)}")
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
+                 "max_seq_len"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    if problems:
+      raise ValueError("model config: " + "; ".join(problems))
+
+  @property
+  def jnp_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  @classmethod
+  def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
+    """Builds from a dict/ConfigDict, naming any unknown field."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"model config: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**dict(fields))
+
+  def num_params(self) -> int:
+    """Parameter count (embedding counted once when tied)."""
+    d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
+    attn = d * h * hd * 2 + d * kv * hd * 2
+    if self.qkv_bias:
+      attn += (h + 2 * kv) * hd
+    if self.qk_norm:
+      attn += 2 * hd
+    layer = attn + 3 * d * self.mlp_dim + 2 * d
+    emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return self.n_layers * layer + emb + d
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Forward FLOPs per token: 2 x non-embedding matmul params + attention scores."""
+    d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
+    matmul = self.n_layers * (d * h * hd * 2 + d * kv * hd * 2 + 3 * d * self.mlp_dim)
+    matmul += self.vocab_size * d  # unembedding
+    attn = self.n_layers * 2 * h * hd * seq_len  # QK^T and AV, causal average ~ seq_len/2 x2
+    return 2.0 * matmul + attn
+
+
+# Families as switches; sizes are filled in by the experiment config.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": dict(qkv_bias=False, qk_norm=False, activation="silu"),
+    "qwen2": dict(qkv_bias=True, qk_norm=False, activation="silu", rope_theta=1_000_000.0),
+    "qwen3": dict(qkv_bias=False, qk_norm=True, activation="silu", rope_theta=1_000_000.0),
+    "gemma": dict(qkv_bias=False, qk_norm=False, activation="gelu_tanh", embed_scale=True,
+                  norm_offset=1.0, tie_embeddings=True),
+}

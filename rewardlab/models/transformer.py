@@ -1,0 +1,237 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3 / Gemma) in Flax NNX.
+
+Every parameter carries logical axis names in its `axes` metadata (`embed`, `vocab`,
+`heads`, `kv_heads`, `head_dim`, `mlp`, `norm`); `rewardlab.train.sharding` maps them to
+mesh axes, so switching data / FSDP / tensor parallelism is a config change.
+
+Attention works on *slots*: without a cache the slots are the T input positions; with a
+`KVCache` they are the cache's S preallocated positions and the new tokens are written at
+`cache.index`. Query i may see slot s when `s <= index + i` and slot s holds a real
+token. Prompts of different lengths are therefore left-padded: padding occupies early
+slots, is marked invalid, and RoPE positions count only real tokens.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rewardlab.models.config import ModelConfig
+
+_MASKED = -1e30  # finite so that fully masked (padding) rows give no NaN
+
+
+class KVCache(NamedTuple):
+  """Preallocated keys/values for all layers.
+
+  k, v:  [L, B, S, KV, Dh]  cached keys/values (RoPE already applied to k)
+  valid: [B, S] bool         slot holds a real (non-padding) token
+  index: [] int32            next slot to write
+  """
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  index: jax.Array
+
+
+class ModelOutput(NamedTuple):
+  logits: jax.Array            # [B, T, V] float32
+  hidden: jax.Array            # [B, T, D] final-normed hidden states (heads attach here)
+  cache: Optional[KVCache]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  dtype = dtype or cfg.jnp_dtype
+  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+  """RoPE positions that count only real tokens: [B, T] bool -> [B, T] int32."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _param(rngs, init, shape, axes, dtype):
+  return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
+
+
+def _fan_in_normal(fan_in: int):
+  return jax.nn.initializers.normal(stddev=fan_in ** -0.5)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * (offset + w), computed in float32 (as HF does)."""
+
+  def __init__(self, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    init = jax.nn.initializers.constant(1.0 - cfg.norm_offset)
+    self.scale = _param(rngs, init, (dim,), ("norm",), cfg.jnp_param_dtype)
+    self.eps, self.offset = cfg.norm_eps, cfg.norm_offset
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, HF "rotate_half" layout. x: [B, T, H, Dh]; positions: [B, T]."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, kv, hd, pd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.jnp_param_dtype
+    self.cfg = cfg
+    self.q = _param(rngs, _fan_in_normal(d), (d, h, hd), ("embed", "heads", "head_dim"), pd)
+    self.k = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
+    self.v = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
+    self.o = _param(rngs, _fan_in_normal(h * hd), (h, hd, d), ("heads", "head_dim", "embed"), pd)
+    if cfg.qkv_bias:
+      zeros = jax.nn.initializers.zeros
+      self.q_bias = _param(rngs, zeros, (h, hd), ("heads", "head_dim"), pd)
+      self.k_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
+      self.v_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
+      self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
+
+  def __call__(self, x, positions, key_valid, query_slot, kv_cache):
+    """x: [B, T, D]; positions: [B, T]; key_valid: [B, S]; query_slot: [T] slot of each
+    query; kv_cache: None or (k, v) [B, S, KV, Dh] to write into at query_slot[0]."""
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    if kv_cache is not None:
+      start = (0, query_slot[0], 0, 0)
+      k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), start)
+      v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), start)
+      new_cache = (k, v)
+    else:
+      new_cache = None
+    b, t, h, hd = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, hd)  # grouped-query: G query heads share one kv head
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dt),
+                        preferred_element_type=jnp.float32) * (hd ** -0.5)
+    slots = jnp.arange(k.shape[1])
+    mask = key_valid[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])  # [B,T,S]
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(b, t, h, hd)
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+
+
+class MLP(nnx.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU (silu) or GeGLU (gelu_tanh)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, m, pd = cfg.d_model, cfg.mlp_dim, cfg.jnp_param_dtype
+    self.cfg = cfg
+    self.gate = _param(rngs, _fan_in_normal(d), (d, m), ("embed", "mlp"), pd)
+    self.up = _param(rngs, _fan_in_normal(d), (d, m), ("embed", "mlp"), pd)
+    self.down = _param(rngs, _fan_in_normal(m), (m, d), ("mlp", "embed"), pd)
+
+  def __call__(self, x):
+    dt = self.cfg.jnp_dtype
+    gate = x @ self.gate[...].astype(dt)
+    act = jax.nn.silu(gate) if self.cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    return (act * (x @ self.up[...].astype(dt))) @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, key_valid, query_slot, kv_cache):
+    a, kv_cache = self.attn(self.attn_norm(x), positions, key_valid, query_slot, kv_cache)
+    x = x + a
+    return x + self.mlp(self.mlp_norm(x)), kv_cache
+
+
+def _run_block(block, x, positions, key_valid, query_slot, kv_cache):
+  return block(x, positions, key_valid, query_slot, kv_cache)
+
+
+_run_block_remat = nnx.remat(_run_block)
+
+
+class Transformer(nnx.Module):
+  """tokens [B, T] -> ModelOutput(logits [B, T, V] f32, hidden [B, T, D], cache)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    embed_init = jax.nn.initializers.normal(stddev=cfg.d_model ** -0.5)
+    self.embed = _param(rngs, embed_init, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                        cfg.jnp_param_dtype)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, _fan_in_normal(cfg.d_model), (cfg.d_model, cfg.vocab_size),
+                            ("embed", "vocab"), cfg.jnp_param_dtype)
+
+  def unembedding(self) -> jax.Array:
+    """[D, V] matrix mapping final hidden states to logits."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def hidden_states(self, tokens, positions=None, valid=None, cache: Optional[KVCache] = None):
+    """tokens/positions/valid: [B, T]. Returns (hidden [B, T, D], updated cache or None)."""
+    cfg = self.cfg
+    b, t = tokens.shape
+    valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+    if cache is None:
+      index = jnp.zeros((), jnp.int32)
+      key_valid = valid
+    else:
+      index = cache.index
+      key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
+    if positions is None:
+      if cache is not None:
+        raise ValueError("hidden_states: positions are required when decoding with a cache")
+      positions = positions_from_valid(valid)
+    query_slot = index + jnp.arange(t)
+    x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)
+    run = _run_block_remat if cfg.remat else _run_block
+    new_k, new_v = [], []
+    for i, block in enumerate(self.layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, kv = run(block, x, positions, key_valid, query_slot, kv)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    hidden = self.final_norm(x)
+    if cache is not None:
+      cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), key_valid, index + t)
+    return hidden, cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[B, T, D] -> [B, T, V] float32."""
+    return jnp.einsum("btd,dv->btv", hidden, self.unembedding().astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens, positions=None, valid=None, cache=None) -> ModelOutput:
+    hidden, cache = self.hidden_states(tokens, positions, valid, cache)
+    return ModelOutput(self.logits(hidden), hidden, cache)

@@ -1,0 +1,100 @@
+"""Shared config defaults and start-up validation.
+
+Experiment files in configs/ start from `base_config()` and change what they need. A
+config is validated once, before anything is built; every error names the field, the bad
+value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+
+from rewardlab.data.tasks import TASKS
+from rewardlab.models.config import ModelConfig
+from rewardlab.ops.masked import AGGREGATIONS
+from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
+from rewardlab.train.sharding import BATCH_AXES, MESH_AXES, mesh_shape
+
+
+class ConfigError(ValueError):
+  """A config field is missing or holds a value that is not allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.pipeline = "sft"
+  c.seed = 0
+  c.workdir = "runs/default"
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=264, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
+      mlp_dim=384, max_seq_len=64, rope_theta=10_000.0, norm_eps=1e-6, qkv_bias=False,
+      qk_norm=False, tie_embeddings=True, embed_scale=False, norm_offset=0.0,
+      activation="silu", param_dtype="float32", dtype="float32", remat=False))
+  c.data = ml_collections.ConfigDict(dict(
+      task="addition", task_kwargs=ml_collections.ConfigDict(dict(min_digits=1, max_digits=3)),
+      seq_len=24, batch_size=64))
+  c.objective = ml_collections.ConfigDict(dict(name="sft", aggregation="token_mean"))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=1e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
+      b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, log_every=10, eval_every=250, checkpoint_every=500, keep_checkpoints=2,
+      progress=True, tensorboard=True, logprob_chunk=4096))
+  c.eval = ml_collections.ConfigDict(dict(num_problems=256, batch_size=128, max_prompt_len=12,
+                                          max_new_tokens=6, seed=1234))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c
+
+
+def _check(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f"config.{field}: {msg}")
+
+
+def _one_of(config, field: str, allowed):
+  value = config
+  for part in field.split("."):
+    _check(part in value, field, "missing")
+    value = value[part]
+  _check(value in allowed, field, f"{value!r} is not allowed; allowed: {sorted(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict, objectives, pipelines,
+             n_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first bad field. `objectives`/`pipelines`: registries."""
+  for section in ("model", "data", "objective", "optim", "train", "eval", "mesh"):
+    _check(section in config, section, "missing section")
+  _one_of(config, "pipeline", pipelines)
+  _one_of(config, "objective.name", objectives)
+  _one_of(config, "objective.aggregation", AGGREGATIONS)
+  _one_of(config, "optim.name", OPTIMIZERS)
+  _one_of(config, "optim.schedule", SCHEDULES)
+  _one_of(config, "data.task", TASKS)
+  try:
+    model = ModelConfig.from_mapping(config.model)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{e}") from None
+  _check(config.data.seq_len <= model.max_seq_len, "data.seq_len",
+         f"{config.data.seq_len} is over model.max_seq_len={model.max_seq_len}")
+  gen_len = config.eval.max_prompt_len + config.eval.max_new_tokens
+  _check(gen_len <= model.max_seq_len, "eval.max_new_tokens",
+         f"eval.max_prompt_len + eval.max_new_tokens = {gen_len} is over "
+         f"model.max_seq_len={model.max_seq_len}")
+  _check(model.vocab_size >= 259, "model.vocab_size",
+         f"{model.vocab_size} is smaller than the byte tokenizer's 259 ids")
+  for field in ("train.steps", "data.batch_size", "eval.batch_size", "train.log_every"):
+    section, name = field.split(".")
+    _check(config[section][name] >= 1, field, f"{config[section][name]} must be >= 1")
+  _check(config.optim.lr > 0, "optim.lr", f"{config.optim.lr} must be > 0")
+  n_devices = jax.device_count() if n_devices is None else n_devices
+  try:
+    shape = dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), n_devices)))
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  n_batch = math.prod(shape[a] for a in BATCH_AXES)
+  for field in ("data.batch_size", "eval.batch_size"):
+    section, name = field.split(".")
+    _check(config[section][name] % n_batch == 0, field,
+           f"{config[section][name]} is not divisible by mesh data x fsdp = {n_batch}")

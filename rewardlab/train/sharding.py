@@ -1,0 +1,110 @@
+"""Device mesh from config and the logical-axis -> mesh-axis table.
+
+Parameters carry logical axis names (`rewardlab.models`); `LOGICAL_RULES` maps each to
+a mesh axis (or a tuple of them, or None = replicated). Data/FSDP/tensor parallelism is
+a change of mesh shape and of this table, never of model code. A dimension that a mesh
+axis does not divide is replicated rather than padded (e.g. 2 kv heads on tensor=4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: dict[str, object] = {
+    "batch": BATCH_AXES,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "norm": None,
+}
+
+
+def mesh_shape(spec: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
+  """Resolves {'data': -1, 'fsdp': 2, 'tensor': 1} against the device count."""
+  unknown = sorted(set(spec) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"mesh: unknown axis {unknown}; allowed: {MESH_AXES}")
+  sizes = [int(spec.get(a, 1)) for a in MESH_AXES]
+  if sum(s == -1 for s in sizes) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh: axis sizes must be >= 1 or -1, got {dict(zip(MESH_AXES, sizes))}")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % fixed:
+      raise ValueError(f"mesh: fixed axes {dict(zip(MESH_AXES, sizes))} (product {fixed}) do not "
+                       f"divide the {n_devices} available devices")
+    sizes[sizes.index(-1)] = n_devices // fixed
+  if math.prod(sizes) != n_devices:
+    raise ValueError(f"mesh: shape {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices "
+                     f"but {n_devices} are available; set one axis to -1 to use the rest")
+  return tuple(sizes)
+
+
+def make_mesh(spec: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(spec, len(devices))
+  return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules: Mapping[str, object] = LOGICAL_RULES) -> P:
+  """PartitionSpec for one array; mesh axes that do not divide the dim are dropped."""
+  out, used = [], set()
+  for name, dim in zip(axes, shape):
+    target = rules.get(name) if name is not None else None
+    targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    kept = [t for t in targets if t not in used and mesh.shape[t] > 1]
+    size = math.prod(mesh.shape[t] for t in kept)
+    if not kept or dim % size:
+      out.append(None)
+      continue
+    used.update(kept)
+    out.append(kept[0] if len(kept) == 1 else tuple(kept))
+  return P(*out)
+
+
+def param_specs(abstract_state: nnx.State, mesh: Mesh,
+                rules: Mapping[str, object] = LOGICAL_RULES) -> dict:
+  """Pure-dict tree of PartitionSpecs from the `axes` metadata of each parameter."""
+  def spec(var):
+    axes = var.get_metadata().get("axes")
+    if axes is None:
+      return P()
+    return logical_to_spec(axes, var.get_value().shape, mesh, rules)
+  return nnx.to_pure_dict(jax.tree.map(lambda v: v.replace(spec(v)), abstract_state,
+                                       is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def named(mesh: Mesh, specs):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dim over the data axes; the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Places a host batch (pytree of [B, ...] arrays) with B split over the data axes."""
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  for leaf in jax.tree.leaves(batch):
+    if leaf.shape[0] % n:
+      raise ValueError(f"batch size {leaf.shape[0]} is not divisible by data x fsdp = {n}")
+  return jax.device_put(batch, batch_sharding(mesh))

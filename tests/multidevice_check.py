@@ -1,0 +1,68 @@
+"""Run in a subprocess with 8 simulated CPU devices (see test_sharding.py).
+
+Builds the same SFT update step on a 1-device mesh and on a data=2 x fsdp=2 x tensor=2
+mesh, runs two steps from the same initial parameters, and prints the differences as JSON.
+"""
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from rewardlab.data import ByteTokenizer, make_task, sft_batch  # noqa: E402
+from rewardlab.models import ModelConfig, Transformer  # noqa: E402
+from rewardlab.train.config import base_config  # noqa: E402
+from rewardlab.train.optim import make_optimizer  # noqa: E402
+from rewardlab.train.sft import make_sft_loss_fn  # noqa: E402
+from rewardlab.train.sharding import batch_sharding, make_mesh, shard_batch  # noqa: E402
+from rewardlab.train.state import create_train_state, init_params, shardings_of  # noqa: E402
+from rewardlab.train.step import make_loss_and_grad, make_update_step  # noqa: E402
+
+
+def run(mesh, config, model_cfg, batches):
+  graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
+  optimizer, schedule = make_optimizer(config.optim, 10)
+  state = create_train_state(params, optimizer, mesh, 0)
+  loss_fn = make_sft_loss_fn(config.objective, chunk_size=96)
+  sharded = shard_batch(batches[0], mesh)
+  (loss, _), grads = jax.jit(make_loss_and_grad(graphdef, loss_fn))(state.params, sharded,
+                                                                    jax.random.PRNGKey(0))
+  step = make_update_step(graphdef, loss_fn, optimizer, schedule, shardings_of(state),
+                          batch_sharding(mesh), donate=False)
+  losses = []
+  for b in batches:
+    state, metrics = step(state, shard_batch(b, mesh))
+    losses.append(float(metrics["loss"]))
+  specs = {"q": str(state.params["layers"][0]["attn"]["q"].sharding.spec),
+           "embed": str(state.params["embed"].sharding.spec),
+           "mu_q": str(state.opt_state[1][0].mu["layers"][0]["attn"]["q"].sharding.spec)}
+  return float(loss), jax.device_get(grads), losses, jax.device_get(state.params), specs
+
+
+def main():
+  config = base_config()
+  model_cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                          head_dim=8, mlp_dim=64, max_seq_len=32)
+  task, tok = make_task("addition"), ByteTokenizer()
+  batches = [sft_batch(task.sample_many(np.random.default_rng(i), 8), tok, 16) for i in range(2)]
+  one = run(make_mesh({"data": 1}, jax.devices()[:1]), config, model_cfg, batches)
+  eight = run(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), config, model_cfg, batches)
+  grad_diff = max(float(np.max(np.abs(a - b))) for a, b in
+                  zip(jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])))
+  grad_scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(one[1]))
+  param_diff = max(float(np.max(np.abs(a - b))) for a, b in
+                   zip(jax.tree.leaves(one[3]), jax.tree.leaves(eight[3])))
+  print(json.dumps({"n_devices": jax.device_count(), "loss_1": one[0], "loss_8": eight[0],
+                    "losses_1": one[2], "losses_8": eight[2], "grad_max_abs_diff": grad_diff,
+                    "grad_scale": grad_scale, "param_max_abs_diff": param_diff,
+                    "specs_8": eight[4]}))
+
+
+if __name__ == "__main__":
+  main()
