@@ -15,7 +15,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from rewardlab.data import ByteTokenizer, make_task, sft_batch  # noqa: E402
+from rewardlab.data import ByteTokenizer, make_task, prompt_batch, sft_batch  # noqa: E402
+from rewardlab.sampling import Sampler  # noqa: E402
 from rewardlab.models import ModelConfig, Transformer  # noqa: E402
 from rewardlab.train.config import base_config  # noqa: E402
 from rewardlab.train.optim import make_optimizer  # noqa: E402
@@ -45,6 +46,17 @@ def run(mesh, config, model_cfg, batches):
   return float(loss), jax.device_get(grads), losses, jax.device_get(state.params), specs
 
 
+def sample(mesh, model_cfg):
+  """Group sampling (n=2) with temperature/top-p under the given mesh."""
+  graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
+  tok = ByteTokenizer()
+  sampler = Sampler(graphdef, model_cfg.max_seq_len, tok, max_prompt_len=10, mesh=mesh)
+  prompts = prompt_batch([f"{i}+{2 * i}=" for i in range(8)], tok, 10)
+  out = sampler.sample(params, prompts, jax.random.PRNGKey(7), max_new_tokens=8, n=2,
+                       temperature=0.9, top_p=0.95)
+  return np.asarray(out.tokens), np.asarray(out.logps_model), str(out.tokens.sharding.spec)
+
+
 def main():
   config = base_config()
   model_cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -58,7 +70,12 @@ def main():
   grad_scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(one[1]))
   param_diff = max(float(np.max(np.abs(a - b))) for a, b in
                    zip(jax.tree.leaves(one[3]), jax.tree.leaves(eight[3])))
-  print(json.dumps({"n_devices": jax.device_count(), "loss_1": one[0], "loss_8": eight[0],
+  sample_1 = sample(make_mesh({"data": 1}, jax.devices()[:1]), model_cfg)
+  sample_8 = sample(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), model_cfg)
+  print(json.dumps({"sample_tokens_equal": bool(np.array_equal(sample_1[0], sample_8[0])),
+                    "sample_logp_max_abs_diff": float(np.max(np.abs(sample_1[1] - sample_8[1]))),
+                    "sample_out_spec": sample_8[2],
+                    "n_devices": jax.device_count(), "loss_1": one[0], "loss_8": eight[0],
                     "losses_1": one[2], "losses_8": eight[2], "grad_max_abs_diff": grad_diff,
                     "grad_scale": grad_scale, "param_max_abs_diff": param_diff,
                     "specs_8": eight[4]}))

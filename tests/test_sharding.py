@@ -36,6 +36,13 @@ def test_params_and_optimizer_state_are_actually_sharded(multidevice_result):
   assert specs["mu_q"] == specs["q"]  # Adam moments follow their parameter
 
 
+def test_sampler_on_8_devices_gives_the_same_tokens_as_on_1(multidevice_result):
+  r = multidevice_result
+  assert r["sample_tokens_equal"]
+  assert r["sample_logp_max_abs_diff"] < 1e-4
+  assert r["sample_out_spec"] == str(P(("data", "fsdp")))
+
+
 def test_mesh_shape_resolution_and_errors():
   assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
   assert mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)

@@ -34,15 +34,15 @@ def base_config() -> ml_collections.ConfigDict:
       activation="silu", param_dtype="float32", dtype="float32", remat=False))
   c.data = ml_collections.ConfigDict(dict(
       task="addition", task_kwargs=ml_collections.ConfigDict(dict(min_digits=1, max_digits=3)),
-      seq_len=24, batch_size=64))
+      seq_len=16, batch_size=128))
   c.objective = ml_collections.ConfigDict(dict(name="sft", aggregation="token_mean"))
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
+      name="adamw", lr=2e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
       b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, log_every=10, eval_every=250, checkpoint_every=500, keep_checkpoints=2,
       progress=True, tensorboard=True, logprob_chunk=4096))
-  c.eval = ml_collections.ConfigDict(dict(num_problems=256, batch_size=128, max_prompt_len=12,
+  c.eval = ml_collections.ConfigDict(dict(num_problems=256, batch_size=128, max_prompt_len=10,
                                           max_new_tokens=6, seed=1234))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c

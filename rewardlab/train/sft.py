@@ -1,6 +1,7 @@
 """Supervised fine-tuning pipeline on a synthetic task (the first main job)."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -9,7 +10,7 @@ from rewardlab.eval import exact_match
 from rewardlab.models import ModelConfig, Transformer
 from rewardlab.objectives import OBJECTIVES
 from rewardlab.ops import chunked_token_logprobs
-from rewardlab.sampling import make_naive_generate
+from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.train.loop import fit
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.sharding import make_mesh, shard_batch
@@ -44,7 +45,13 @@ def make_accuracy_evaluator(config, graphdef, task, tokenizer, mesh):
   """Greedy exact-match accuracy on a fixed set of held-out problems."""
   ec = config.eval
   problems = task.sample_many(np.random.default_rng(ec.seed), ec.num_problems, split="eval")
-  generate = make_naive_generate(graphdef, ec.max_new_tokens, tokenizer.eos_id, tokenizer.pad_id)
+  greedy = SamplingParams(max_new_tokens=ec.max_new_tokens, temperature=0.0,
+                          stop_ids=(tokenizer.eos_id,))
+  sample = make_sample_fn(graphdef, greedy, tokenizer.pad_id, mesh)
+
+  def generate(params, tokens, valid):
+    out = sample(params, tokens, valid, jax.random.PRNGKey(0))
+    return out.tokens, out.mask
 
   def evaluate(state):
     return exact_match(generate, state.params, task, problems, tokenizer, ec.max_prompt_len,

@@ -1,0 +1,213 @@
+"""KV-cache sampler: one prefill, then a jitted `lax.while_loop` decode over a preallocated
+cache with static shapes.
+
+Prompts are **left-padded** to `max_prompt_len` (`rewardlab.data.prompt_batch`): padding
+occupies the first cache slots and is masked out, and RoPE positions count real tokens
+only, so a prompt's logits do not depend on how much padding it got. `n` completions per
+prompt reuse one prefill: the prompt's cache rows are repeated n times after prefill.
+
+Returned per token: the completion ids, a mask covering generated tokens up to and
+including the stop token, log-probs under the sampling distribution (after temperature /
+top-k / top-p) and under the unmodified model (temperature 1, full vocabulary), which is
+what RL objectives use as `logp_old`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rewardlab.data.batching import PromptBatch, prompt_batch
+from rewardlab.models.transformer import init_cache, positions_from_valid
+from rewardlab.train.sharding import BATCH_AXES, shard_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static decoding settings (each distinct value compiles once).
+
+  temperature 0 means greedy (argmax). top_k 0 and top_p 1 disable truncation.
+  """
+  max_new_tokens: int = 16
+  n: int = 1
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.n < 1:
+      raise ValueError(f"sampling: n={self.n} must be >= 1")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"sampling: max_new_tokens={self.max_new_tokens} must be >= 1")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling: top_p={self.top_p} must be in (0, 1]")
+    if self.temperature < 0:
+      raise ValueError(f"sampling: temperature={self.temperature} must be >= 0")
+    if self.top_k < 0:
+      raise ValueError(f"sampling: top_k={self.top_k} must be >= 0 (0 = off)")
+
+
+class SampleOutput(NamedTuple):
+  """Completions for B prompts x n samples, rows ordered prompt-major ([p0s0, p0s1, ...]).
+
+  tokens:      [B*n, N] int32  generated ids (pad after the stop token)
+  mask:        [B*n, N] bool   generated tokens up to and including the stop token
+  logps:       [B*n, N] f32    log-prob under the sampling distribution
+  logps_model: [B*n, N] f32    log-prob under the unmodified model (T=1, no truncation)
+  lengths:     [B*n]    int32  number of generated tokens
+  steps:       []       int32  decode steps actually run (early exit when all stopped)
+  """
+  tokens: jax.Array
+  mask: jax.Array
+  logps: jax.Array
+  logps_model: jax.Array
+  lengths: jax.Array
+  steps: jax.Array
+
+
+def process_logits(logits: jax.Array, sp: SamplingParams) -> jax.Array:
+  """Temperature, then top-k, then top-p (nucleus) on [..., V] float32 logits.
+  Disallowed tokens get -inf. Not used for greedy (temperature 0)."""
+  logits = logits / sp.temperature
+  if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, sp.top_k)[0][..., -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if sp.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < sp.top_p          # smallest prefix reaching top_p; top-1 kept
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+  return logits
+
+
+def _pick(logits_row_logsm: jax.Array, tok: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(logits_row_logsm, tok[:, None], axis=-1)[:, 0]
+
+
+def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
+  """The pure sampling function (jitted by `make_sample_fn`)."""
+
+  def constrain(x, spec):
+    return x if batch_spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+  def sample(params, tokens, valid, rng):
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    b, p = tokens.shape
+    n, new = sp.n, sp.max_new_tokens
+    cache = init_cache(cfg, b, p + new)
+    hidden, cache = model.hidden_states(tokens, positions_from_valid(valid), valid, cache)
+    last_logits = model.logits(hidden[:, -1:])[:, 0]                     # [B, V]
+    next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
+    if n > 1:  # share the prefill: repeat cache rows prompt-major
+      rep = lambda x, axis: jnp.repeat(x, n, axis=axis)
+      cache = cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), valid=rep(cache.valid, 0))
+      last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
+    bn = b * n
+    if batch_spec is not None:
+      kv_spec = NamedSharding(batch_spec.mesh, P(None, BATCH_AXES))
+      cache = cache._replace(k=constrain(cache.k, kv_spec), v=constrain(cache.v, kv_spec),
+                             valid=constrain(cache.valid, batch_spec))
+    stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+    out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
+               logps=jnp.zeros((bn, new), jnp.float32),
+               logps_model=jnp.zeros((bn, new), jnp.float32))
+
+    def cond(carry):
+      i, _, _, _, done, _ = carry
+      return (i < new) & ~jnp.all(done)
+
+    def body(carry):
+      i, cache, logits, pos, done, out = carry
+      model_logsm = jax.nn.log_softmax(logits, axis=-1)
+      if sp.temperature == 0.0:
+        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logp = jnp.zeros((bn,), jnp.float32)
+      else:
+        processed = process_logits(logits, sp)
+        tok = jax.random.categorical(jax.random.fold_in(rng, i), processed).astype(jnp.int32)
+        logp = _pick(jax.nn.log_softmax(processed, axis=-1), tok)
+      live = ~done
+      tok = jnp.where(live, tok, pad_id)
+      write = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, 1)
+      out = dict(tokens=write(out["tokens"], tok), mask=write(out["mask"], live),
+                 logps=write(out["logps"], jnp.where(live, logp, 0.0)),
+                 logps_model=write(out["logps_model"], jnp.where(live, _pick(model_logsm, tok), 0.0)))
+      done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache)
+      logits = constrain(model.logits(hidden)[:, 0], batch_spec)
+      return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
+
+    init = (jnp.zeros((), jnp.int32), cache, constrain(last_logits, batch_spec), next_pos,
+            jnp.zeros((bn,), bool), out)
+    steps, _, _, _, _, out = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(out["tokens"], out["mask"], out["logps"], out["logps_model"],
+                        jnp.sum(out["mask"], axis=-1).astype(jnp.int32), steps)
+
+  return sample
+
+
+@functools.lru_cache(maxsize=64)
+def make_sample_fn(graphdef, sp: SamplingParams, pad_id: int, mesh: Mesh | None = None):
+  """jitted sample(params, tokens [B, P], valid [B, P], rng) -> SampleOutput.
+
+  With a mesh, prompts, cache and outputs are sharded over the data axes; parameters are
+  used in whatever sharding training gave them (no resharding copy per call).
+  """
+  batch_spec = None if mesh is None else NamedSharding(mesh, P(BATCH_AXES))
+  fn = _sample_fn(graphdef, sp, pad_id, batch_spec)
+  if mesh is None:
+    return jax.jit(fn)
+  return jax.jit(fn, in_shardings=(None, batch_spec, batch_spec, None),
+                 out_shardings=SampleOutput(*([batch_spec] * 5), None))
+
+
+class Sampler:
+  """Text-level front end for notebooks and loops.
+
+      sampler = Sampler(graphdef, model_cfg.max_seq_len, tokenizer, max_prompt_len=32)
+      sampler.generate(params, ["12+7="], max_new_tokens=4, temperature=0)  # -> ["19"]
+  """
+
+  def __init__(self, graphdef, max_seq_len: int, tokenizer, max_prompt_len: int,
+               mesh: Mesh | None = None):
+    self.graphdef, self.tokenizer, self.mesh = graphdef, tokenizer, mesh
+    self.max_prompt_len, self.max_seq_len = max_prompt_len, max_seq_len
+
+  def params_for(self, **kwargs) -> SamplingParams:
+    kwargs.setdefault("stop_ids", (self.tokenizer.eos_id,))
+    sp = SamplingParams(**kwargs)
+    if self.max_prompt_len + sp.max_new_tokens > self.max_seq_len:
+      raise ValueError(f"sampling: max_prompt_len={self.max_prompt_len} + max_new_tokens="
+                       f"{sp.max_new_tokens} is over the model's max_seq_len={self.max_seq_len}")
+    return sp
+
+  def sample(self, params, prompts: PromptBatch, rng: jax.Array, **kwargs) -> SampleOutput:
+    sp = self.params_for(**kwargs)
+    if prompts.tokens.shape[0] == 0:
+      raise ValueError("sampling: empty prompt batch")
+    if prompts.tokens.shape[1] > self.max_prompt_len:
+      raise ValueError(f"sampling: prompts have length {prompts.tokens.shape[1]}, over "
+                       f"max_prompt_len={self.max_prompt_len}")
+    fn = make_sample_fn(self.graphdef, sp, self.tokenizer.pad_id, self.mesh)
+    tokens, valid = prompts.tokens, prompts.valid
+    if self.mesh is not None:
+      tokens, valid = shard_batch((tokens, valid), self.mesh)
+    return fn(params, tokens, valid, rng)
+
+  def generate(self, params, prompts: Sequence[str], seed: int = 0, **kwargs):
+    """list[str] -> list[str] (n == 1) or list[list[str]] (n > 1 samples per prompt)."""
+    batch = prompt_batch(list(prompts), self.tokenizer, self.max_prompt_len)
+    out = self.sample(params, batch, jax.random.PRNGKey(seed), **kwargs)
+    texts = self.tokenizer.decode_batch(np.asarray(out.tokens))
+    n = kwargs.get("n", 1)
+    return texts if n == 1 else [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
