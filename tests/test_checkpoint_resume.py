@@ -7,7 +7,7 @@ from rewardlab.models import ModelConfig, Transformer
 from rewardlab.train import sft
 from rewardlab.train.checkpoint import Checkpointer
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.sharding import make_mesh
+from rewardlab.sharding import make_mesh
 from rewardlab.train.state import create_train_state, init_params
 
 

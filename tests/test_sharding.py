@@ -7,7 +7,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rewardlab.train.sharding import logical_to_spec, make_mesh, mesh_shape
+from rewardlab.sharding import logical_to_spec, make_mesh, mesh_shape
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

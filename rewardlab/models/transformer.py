@@ -1,7 +1,7 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3 / Gemma) in Flax NNX.
 
 Every parameter carries logical axis names in its `axes` metadata (`embed`, `vocab`,
-`heads`, `kv_heads`, `head_dim`, `mlp`, `norm`); `rewardlab.train.sharding` maps them to
+`heads`, `kv_heads`, `head_dim`, `mlp`, `norm`); `rewardlab.sharding` maps them to
 mesh axes, so switching data / FSDP / tensor parallelism is a config change.
 
 Attention works on *slots*: without a cache the slots are the T input positions; with a

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
 from rewardlab.models.transformer import init_cache, positions_from_valid
-from rewardlab.train.sharding import BATCH_AXES, shard_batch
+from rewardlab.sharding import BATCH_AXES, shard_batch
 
 
 @dataclasses.dataclass(frozen=True)

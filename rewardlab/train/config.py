@@ -15,7 +15,7 @@ from rewardlab.data.tasks import TASKS
 from rewardlab.models.config import ModelConfig
 from rewardlab.ops.masked import AGGREGATIONS
 from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
-from rewardlab.train.sharding import BATCH_AXES, MESH_AXES, mesh_shape
+from rewardlab.sharding import BATCH_AXES, MESH_AXES, mesh_shape
 
 
 class ConfigError(ValueError):

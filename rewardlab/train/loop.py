@@ -18,7 +18,7 @@ import optax
 from rewardlab.eval.plots import plot_curves
 from rewardlab.train.checkpoint import Checkpointer
 from rewardlab.train.metrics import MetricWriter, Progress, read_metrics
-from rewardlab.train.sharding import batch_sharding, shard_batch
+from rewardlab.sharding import batch_sharding, shard_batch
 from rewardlab.train.state import TrainState, shardings_of
 from rewardlab.train.step import LossFn, make_update_step
 

@@ -13,7 +13,7 @@ from rewardlab.ops import chunked_token_logprobs
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.train.loop import fit
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.sharding import make_mesh, shard_batch
+from rewardlab.sharding import make_mesh, shard_batch
 from rewardlab.train.state import create_train_state, init_params
 
 

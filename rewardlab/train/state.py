@@ -9,7 +9,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
-from rewardlab.train.sharding import LOGICAL_RULES, named, param_specs, replicated
+from rewardlab.sharding import LOGICAL_RULES, named, param_specs, replicated
 
 
 @struct.dataclass
