@@ -32,7 +32,7 @@ def run(mesh, config, model_cfg, batches):
   state = create_train_state(params, optimizer, mesh, 0)
   loss_fn = make_sft_loss_fn(config.objective, chunk_size=96)
   sharded = shard_batch(batches[0], mesh)
-  (loss, _), grads = jax.jit(make_loss_and_grad(graphdef, loss_fn))(state.params, sharded,
+  (loss, _), grads = jax.jit(make_loss_and_grad(graphdef, loss_fn))(state.params, None, sharded,
                                                                     jax.random.PRNGKey(0))
   step = make_update_step(graphdef, loss_fn, optimizer, schedule, shardings_of(state),
                           batch_sharding(mesh), donate=False)

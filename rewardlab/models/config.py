@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ACTIVATIONS = ("silu", "gelu_tanh")
+ROPE_SCALINGS = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,11 @@ class ModelConfig:
   mlp_dim: int = 768
   max_seq_len: int = 256
   rope_theta: float = 10_000.0
+  rope_scaling: str = "default"   # "default" | "linear" | "llama3"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0     # llama3 only
+  rope_high_freq_factor: float = 4.0    # llama3 only
+  rope_original_max_len: int = 8192     # llama3 only
   norm_eps: float = 1e-6
   qkv_bias: bool = False          # Qwen2
   qk_norm: bool = False           # Qwen3
@@ -42,6 +48,8 @@ class ModelConfig:
       problems.append(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
     if self.head_dim % 2:
       problems.append(f"head_dim={self.head_dim} must be even for RoPE")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      problems.append(f"rope_scaling={self.rope_scaling!r} not in {ROPE_SCALINGS}")
     if self.activation not in ACTIVATIONS:
       problems.append(f"activation={self.activation!r} not in {ACTIVATIONS}")
     for name in ("param_dtype", "dtype"):

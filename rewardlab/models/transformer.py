@@ -77,10 +77,31 @@ class RMSNorm(nnx.Module):
     return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, HF "rotate_half" layout. x: [B, T, H, Dh]; positions: [B, T]."""
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """[Dh/2] inverse frequencies, with HF's "linear" and "llama3" scaling."""
+  half = cfg.head_dim // 2
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  if cfg.rope_scaling == "linear":
+    return inv_freq / cfg.rope_factor
+  if cfg.rope_scaling == "llama3":
+    low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
+    high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
+    wavelen = 2 * jnp.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+    smooth = ((cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor)
+              / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
+  """Rotary embedding, HF "rotate_half" layout. x: [B, T, H, Dh]; positions: [B, T];
+  inv_freq: [Dh/2] (`rope_inv_freq`) or a float theta for the unscaled default."""
   half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  if isinstance(inv_freq, (int, float)):
+    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, half, dtype=jnp.float32) / half))
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
@@ -118,7 +139,8 @@ class Attention(nnx.Module):
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    inv_freq = rope_inv_freq(cfg)
+    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
     if kv_cache is not None:
       start = (0, query_slot[0], 0, 0)
       k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), start)

@@ -7,15 +7,17 @@ value and what is allowed.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import ml_collections
 
 from rewardlab.data.tasks import TASKS
-from rewardlab.models.config import ModelConfig
+from rewardlab.models.lora import LORA_TARGETS
 from rewardlab.ops.masked import AGGREGATIONS
 from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
 from rewardlab.sharding import BATCH_AXES, MESH_AXES, mesh_shape
+from rewardlab.train.policy import resolve_model_config
 
 
 class ConfigError(ValueError):
@@ -31,7 +33,11 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=264, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
       mlp_dim=384, max_seq_len=64, rope_theta=10_000.0, norm_eps=1e-6, qkv_bias=False,
       qk_norm=False, tie_embeddings=True, embed_scale=False, norm_offset=0.0,
-      activation="silu", param_dtype="float32", dtype="float32", remat=False))
+      activation="silu", param_dtype="float32", dtype="float32", remat=False,
+      hf_path=""))  # hf_path: a local HF folder; sizes then come from its config.json
+  c.tokenizer_path = ""  # "" = byte tokenizer, or model.hf_path's tokenizer when that is set
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q", "v")))
+  c.export_hf = ""  # write the final (merged) weights here as a HF folder
   c.data = ml_collections.ConfigDict(dict(
       task="addition", task_kwargs=ml_collections.ConfigDict(dict(min_digits=1, max_digits=3)),
       seq_len=16, batch_size=128))
@@ -72,17 +78,24 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   _one_of(config, "optim.name", OPTIMIZERS)
   _one_of(config, "optim.schedule", SCHEDULES)
   _one_of(config, "data.task", TASKS)
+  if config.model.get("hf_path"):
+    _check(os.path.exists(os.path.join(config.model.hf_path, "config.json")), "model.hf_path",
+           f"{config.model.hf_path!r} has no config.json (expected a local HF model folder)")
   try:
-    model = ModelConfig.from_mapping(config.model)
+    model = resolve_model_config(config)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.{e}") from None
+  if "lora" in config and config.lora.rank > 0:
+    bad = sorted(set(config.lora.targets) - set(LORA_TARGETS))
+    _check(not bad, "lora.targets", f"{bad} not allowed; allowed: {sorted(LORA_TARGETS)}")
   _check(config.data.seq_len <= model.max_seq_len, "data.seq_len",
          f"{config.data.seq_len} is over model.max_seq_len={model.max_seq_len}")
   gen_len = config.eval.max_prompt_len + config.eval.max_new_tokens
   _check(gen_len <= model.max_seq_len, "eval.max_new_tokens",
          f"eval.max_prompt_len + eval.max_new_tokens = {gen_len} is over "
          f"model.max_seq_len={model.max_seq_len}")
-  _check(model.vocab_size >= 259, "model.vocab_size",
+  _check(bool(config.model.get("hf_path") or config.get("tokenizer_path")) or model.vocab_size >= 259,
+         "model.vocab_size",
          f"{model.vocab_size} is smaller than the byte tokenizer's 259 ids")
   for field in ("train.steps", "data.batch_size", "eval.batch_size", "train.log_every"):
     section, name = field.split(".")

@@ -38,7 +38,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict:
 def fit(config, workdir: str, mesh, graphdef, state: TrainState, loss_fn: LossFn,
         optimizer: optax.GradientTransformation, schedule, batch_at: Callable[[int], Any],
         evaluate: Evaluator | None = None, stop_at_step: int | None = None,
-        plot_panels=(("train", "loss"), ("eval", "accuracy")),
+        plot_panels=(("train", "loss"), ("eval", "accuracy")), merge=None,
         tokens_in: Callable[[Any], int] = lambda b: int(np.sum(b.valid))) -> dict:
   """Runs updates until config.train.steps. `batch_at(i)` returns the host batch for
   update i (0-based). `stop_at_step` simulates an interruption after that update.
@@ -54,7 +54,7 @@ def fit(config, workdir: str, mesh, graphdef, state: TrainState, loss_fn: LossFn
     writer.truncate_after(int(state.step))
   start = int(state.step)
   step_fn = make_update_step(graphdef, loss_fn, optimizer, schedule, shardings_of(state),
-                             batch_sharding(mesh))
+                             batch_sharding(mesh), merge=merge)
   progress = Progress(tc.steps, initial=start, enabled=tc.progress)
   evals, last, t0 = [], {}, time.perf_counter()
 

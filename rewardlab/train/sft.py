@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
-from rewardlab.data import ByteTokenizer, SequenceBatch, make_task, sft_batch
+from rewardlab.data import SequenceBatch, make_task, sft_batch
 from rewardlab.eval import exact_match
-from rewardlab.models import ModelConfig, Transformer
 from rewardlab.objectives import OBJECTIVES
 from rewardlab.ops import chunked_token_logprobs
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.train.loop import fit
 from rewardlab.train.optim import make_optimizer
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.state import create_train_state, init_params
+from rewardlab.train.policy import Policy, build_policy, export_policy
+from rewardlab.train.state import create_train_state
 
 
 def sequence_logprobs(model, tokens, valid, chunk_size: int = 4096):
@@ -35,26 +34,22 @@ def make_sft_loss_fn(objective_cfg, chunk_size: int = 4096):
   return loss_fn
 
 
-def build_model(config, mesh):
-  model_cfg = ModelConfig.from_mapping(config.model)
-  graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(config.seed)), mesh)
-  return model_cfg, graphdef, params
-
-
-def make_accuracy_evaluator(config, graphdef, task, tokenizer, mesh):
+def make_accuracy_evaluator(config, policy: Policy, task, mesh):
   """Greedy exact-match accuracy on a fixed set of held-out problems."""
   ec = config.eval
+  tokenizer = policy.tokenizer
   problems = task.sample_many(np.random.default_rng(ec.seed), ec.num_problems, split="eval")
   greedy = SamplingParams(max_new_tokens=ec.max_new_tokens, temperature=0.0,
                           stop_ids=(tokenizer.eos_id,))
-  sample = make_sample_fn(graphdef, greedy, tokenizer.pad_id, mesh)
+  sample = make_sample_fn(policy.graphdef, greedy, tokenizer.pad_id, mesh)
 
   def generate(params, tokens, valid):
     out = sample(params, tokens, valid, jax.random.PRNGKey(0))
     return out.tokens, out.mask
 
   def evaluate(state):
-    return exact_match(generate, state.params, task, problems, tokenizer, ec.max_prompt_len,
+    params = policy.full_params(state.params, state.frozen)
+    return exact_match(generate, params, task, problems, tokenizer, ec.max_prompt_len,
                        ec.batch_size, place=lambda b: shard_batch(b, mesh))
   return evaluate
 
@@ -62,18 +57,22 @@ def make_accuracy_evaluator(config, graphdef, task, tokenizer, mesh):
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
   workdir = workdir or config.workdir
   mesh = make_mesh(dict(config.mesh))
-  tokenizer = ByteTokenizer()
   task = make_task(config.data.task, **config.data.task_kwargs)
   optimizer, schedule = make_optimizer(config.optim, config.train.steps)
-  _, graphdef, params = build_model(config, mesh)
-  state = create_train_state(params, optimizer, mesh, config.seed)
+  policy = build_policy(config, mesh)
+  tokenizer = policy.tokenizer
+  state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen=policy.frozen)
   dc = config.data
 
   def batch_at(i: int) -> SequenceBatch:
     rng = np.random.default_rng([config.seed, i])
     return sft_batch(task.sample_many(rng, dc.batch_size), tokenizer, dc.seq_len)
 
-  return fit(config, workdir, mesh, graphdef, state,
-             make_sft_loss_fn(config.objective, config.train.logprob_chunk), optimizer, schedule,
-             batch_at, make_accuracy_evaluator(config, graphdef, task, tokenizer, mesh),
-             stop_at_step=stop_at_step)
+  summary = fit(config, workdir, mesh, policy.graphdef, state,
+                make_sft_loss_fn(config.objective, config.train.logprob_chunk), optimizer,
+                schedule, batch_at, make_accuracy_evaluator(config, policy, task, mesh),
+                stop_at_step=stop_at_step, merge=policy.merge)
+  if config.get("export_hf"):
+    final = summary["state"]
+    summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
+  return summary

@@ -18,6 +18,7 @@ class TrainState:
   params: Any              # pure dict of parameter arrays (nnx.to_pure_dict layout)
   opt_state: optax.OptState
   rng: jax.Array           # uint32[2] PRNG key, split once per step
+  frozen: Any = None       # non-trainable arrays the loss needs (LoRA base weights, ...)
 
 
 def init_params(make_model: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_RULES):
@@ -36,15 +37,17 @@ def init_params(make_model: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       seed: int) -> TrainState:
-  """Optimizer state inherits each parameter's sharding; scalars are replicated."""
+                       seed: int, frozen=None) -> TrainState:
+  """Optimizer state inherits each parameter's sharding; scalars are replicated.
+  Only `params` are trained; `frozen` rides along untouched."""
   opt_state = optimizer.init(params)
   rep = replicated(mesh)
   opt_state = jax.tree.map(
       lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding) else jax.device_put(x, rep),
       opt_state)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
-                    opt_state=opt_state, rng=jax.device_put(jax.random.PRNGKey(seed), rep))
+                    opt_state=opt_state, rng=jax.device_put(jax.random.PRNGKey(seed), rep),
+                    frozen=frozen)
 
 
 def shardings_of(tree):

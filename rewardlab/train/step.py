@@ -15,24 +15,33 @@ from flax import nnx
 from rewardlab.train.state import TrainState
 
 LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, dict]]
+# (trainable params, frozen) -> the full parameter tree the model is built from
+MergeFn = Callable[[Any, Any], Any]
 
 
-def make_loss_and_grad(graphdef, loss_fn: LossFn):
-  """(params, batch, rng) -> ((loss, metrics), grads) with the model rebuilt from params."""
-  def loss_of(params, batch, rng):
-    return loss_fn(nnx.merge(graphdef, params), batch, rng)
+def model_params(params, frozen, merge: MergeFn | None = None):
+  return params if merge is None else merge(params, frozen)
+
+
+def make_loss_and_grad(graphdef, loss_fn: LossFn, merge: MergeFn | None = None):
+  """(params, frozen, batch, rng) -> ((loss, metrics), d loss / d params)."""
+  def loss_of(params, frozen, batch, rng):
+    return loss_fn(nnx.merge(graphdef, model_params(params, frozen, merge)), batch, rng)
   return jax.value_and_grad(loss_of, has_aux=True)
 
 
 def make_update_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                      schedule: optax.Schedule | None, state_shardings, batch_shardings,
-                     donate: bool = True):
-  """Returns jitted step(state, batch) -> (state, metrics) with explicit shardings."""
-  grad_fn = make_loss_and_grad(graphdef, loss_fn)
+                     donate: bool = True, merge: MergeFn | None = None):
+  """Returns jitted step(state, batch) -> (state, metrics) with explicit shardings.
+
+  `merge(params, frozen)` builds the model's parameters (e.g. LoRA: base + adapters);
+  gradients and optimizer state exist for `state.params` only."""
+  grad_fn = make_loss_and_grad(graphdef, loss_fn, merge)
 
   def step(state: TrainState, batch):
     rng, step_rng = jax.random.split(state.rng)
-    (loss, metrics), grads = grad_fn(state.params, batch, step_rng)
+    (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
