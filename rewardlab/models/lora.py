@@ -7,6 +7,7 @@ exported. B starts at zero, so a fresh adapter leaves the model unchanged.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -52,7 +53,7 @@ def init_lora(params, targets: Sequence[str], rank: int, rng: jax.Array) -> dict
   for i, (path, w, name) in enumerate(_targets(params, targets)):
     n_in = LORA_TARGETS[name]
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
-    fan_in = int(jnp.prod(jnp.array(in_shape)))
+    fan_in = math.prod(in_shape)
     a = jax.random.normal(jax.random.fold_in(rng, i), in_shape + (rank,), jnp.float32) * fan_in ** -0.5
     _set(lora, path, {"a": a.astype(w.dtype), "b": jnp.zeros((rank,) + out_shape, w.dtype)})
   return lora

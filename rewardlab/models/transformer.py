@@ -26,12 +26,13 @@ _MASKED = -1e30  # finite so that fully masked (padding) rows give no NaN
 class KVCache(NamedTuple):
   """Preallocated keys/values for all layers.
 
-  k, v:  [L, B, S, KV, Dh]  cached keys/values (RoPE already applied to k)
+  k, v:  L-tuples of [B, S, KV, Dh] cached keys/values (RoPE already applied to k); one
+         buffer per layer so a decode step updates each in place, never restacking
   valid: [B, S] bool         slot holds a real (non-padding) token
   index: [] int32            next slot to write
   """
-  k: jax.Array
-  v: jax.Array
+  k: tuple
+  v: tuple
   valid: jax.Array
   index: jax.Array
 
@@ -44,8 +45,9 @@ class ModelOutput(NamedTuple):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
   dtype = dtype or cfg.jnp_dtype
-  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+  return KVCache(k=zeros(), v=zeros(),
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
@@ -246,7 +248,7 @@ class Transformer(nnx.Module):
         new_v.append(kv[1])
     hidden = self.final_norm(x)
     if cache is not None:
-      cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), key_valid, index + t)
+      cache = KVCache(tuple(new_k), tuple(new_v), key_valid, index + t)
     return hidden, cache
 
   def logits(self, hidden: jax.Array) -> jax.Array:

@@ -110,12 +110,13 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
     next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
     if n > 1:  # share the prefill: repeat cache rows prompt-major
       rep = lambda x, axis: jnp.repeat(x, n, axis=axis)
-      cache = cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), valid=rep(cache.valid, 0))
+      cache = cache._replace(k=tuple(rep(k, 0) for k in cache.k), v=tuple(rep(v, 0) for v in cache.v),
+                             valid=rep(cache.valid, 0))
       last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
     bn = b * n
     if batch_spec is not None:
-      kv_spec = NamedSharding(batch_spec.mesh, P(None, BATCH_AXES))
-      cache = cache._replace(k=constrain(cache.k, kv_spec), v=constrain(cache.v, kv_spec),
+      cache = cache._replace(k=tuple(constrain(k, batch_spec) for k in cache.k),
+                             v=tuple(constrain(v, batch_spec) for v in cache.v),
                              valid=constrain(cache.valid, batch_spec))
     stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
     out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
