@@ -1,6 +1,8 @@
 """Pure objectives: functions of arrays returning (loss, metrics); one registry per family."""
-from rewardlab.objectives import sft
+from rewardlab.objectives import policy_gradient, sft
 
-OBJECTIVES = {**sft.OBJECTIVES}
+OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES}
+# which objectives each pipeline accepts
+PIPELINE_OBJECTIVES = {"sft": sorted(sft.OBJECTIVES), "rl": sorted(policy_gradient.PG_OBJECTIVES)}
 
-__all__ = ["OBJECTIVES"]
+__all__ = ["OBJECTIVES", "PIPELINE_OBJECTIVES"]

@@ -73,8 +73,11 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   for section in ("model", "data", "objective", "optim", "train", "eval", "mesh"):
     _check(section in config, section, "missing section")
   _one_of(config, "pipeline", pipelines)
-  _one_of(config, "objective.name", objectives)
-  _one_of(config, "objective.aggregation", AGGREGATIONS)
+  from rewardlab.objectives import PIPELINE_OBJECTIVES
+  allowed = [o for o in PIPELINE_OBJECTIVES.get(config.pipeline, objectives) if o in objectives]
+  _one_of(config, "objective.name", allowed)
+  if config.objective.get("aggregation") is not None:
+    _one_of(config, "objective.aggregation", AGGREGATIONS)
   _one_of(config, "optim.name", OPTIMIZERS)
   _one_of(config, "optim.schedule", SCHEDULES)
   _one_of(config, "data.task", TASKS)
@@ -107,7 +110,34 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   n_batch = math.prod(shape[a] for a in BATCH_AXES)
+  if config.pipeline == "rl":
+    _validate_rl(config, model, n_batch)
   for field in ("data.batch_size", "eval.batch_size"):
     section, name = field.split(".")
     _check(config[section][name] % n_batch == 0, field,
            f"{config[section][name]} is not divisible by mesh data x fsdp = {n_batch}")
+
+
+def _validate_rl(config, model, n_batch: int):
+  from rewardlab.objectives.policy_gradient import PG_OBJECTIVES
+  from rewardlab.rewards import REWARDS
+  rc = config.rl
+  group_normalised = PG_OBJECTIVES[config.objective.name]["advantage"] != "reinforce_pp"
+  _check(rc.group_size >= (2 if group_normalised else 1), "rl.group_size",
+         f"{rc.group_size}: {config.objective.name} normalises within groups and needs >= 2")
+  rows = rc.num_prompts * rc.group_size
+  _check(rc.minibatch_size >= 1 and rows % rc.minibatch_size == 0, "rl.minibatch_size",
+         f"{rc.minibatch_size} does not divide num_prompts x group_size = {rows}")
+  _check(rc.minibatch_size % n_batch == 0, "rl.minibatch_size",
+         f"{rc.minibatch_size} is not divisible by mesh data x fsdp = {n_batch}")
+  _check(rows % n_batch == 0 and rc.num_prompts % n_batch == 0, "rl.num_prompts",
+         f"{rc.num_prompts} prompts are not divisible by mesh data x fsdp = {n_batch}")
+  total = config.eval.max_prompt_len + rc.max_new_tokens
+  _check(total <= model.max_seq_len, "rl.max_new_tokens",
+         f"eval.max_prompt_len + rl.max_new_tokens = {total} is over model.max_seq_len={model.max_seq_len}")
+  bad = sorted(set(rc.rewards) - set(REWARDS))
+  _check(not bad, "rl.rewards", f"{bad} not allowed; allowed: {sorted(REWARDS)}")
+  _check(rc.epochs >= 1, "rl.epochs", f"{rc.epochs} must be >= 1")
+  _check(0 < rc.top_p <= 1, "rl.top_p", f"{rc.top_p} must be in (0, 1]")
+  _check(config.eval.pass_n >= max(config.eval.pass_k), "eval.pass_k",
+         f"{tuple(config.eval.pass_k)} has k over eval.pass_n={config.eval.pass_n}")

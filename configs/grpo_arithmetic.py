@@ -1,0 +1,46 @@
+"""GRPO on multi-digit addition: SFT warm-up of the embedded default policy, then online
+RL with the exact-answer verifier. The README main job.
+
+Run:   rewardlab train --config configs/grpo_arithmetic.py
+Tiny:  rewardlab train --config configs/grpo_arithmetic.py:tiny   (tests, laptops)
+Other objectives on the same task and budget:
+       --config.objective.name=dr_grpo | dapo | gspo | rloo | reinforce_pp
+       (configs/rl_<name>.py hold the same thing as files)
+Override a loss setting: --config.objective.beta=0.0 --config.objective.clip_high=0.28
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from rewardlab.train.config import base_config
+
+
+def get_config(variant: str = "", objective: str = "grpo"):
+  c = base_config()
+  c.pipeline = "rl"
+  c.workdir = f"runs/{objective}_arithmetic"
+  # None = the method's default from rewardlab.objectives.policy_gradient.PG_OBJECTIVES
+  c.objective = ml_collections.ConfigDict(dict(
+      name=objective, clip_low=placeholder(float), clip_high=placeholder(float),
+      beta=placeholder(float), kl=placeholder(str), aggregation=placeholder(str),
+      ratio_level=placeholder(str)))
+  c.rl = ml_collections.ConfigDict(dict(
+      num_prompts=32, group_size=8, max_new_tokens=6, temperature=1.0, top_p=1.0, epochs=1,
+      minibatch_size=128, max_refill_rounds=2,
+      rewards=ml_collections.ConfigDict({"exact_answer": 1.0, "format": 0.1})))
+  c.sft_warmup = ml_collections.ConfigDict(dict(steps=300, lr=2e-3))
+  c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
+  c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)
+  c.eval.update(num_problems=256, batch_size=128, passk_problems=64, pass_n=8, pass_k=(1, 4))
+  if variant == "tiny":
+    c.workdir = f"runs/{objective}_arithmetic_tiny"
+    c.model.update(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=192,
+                   max_seq_len=32)
+    c.data.task_kwargs.max_digits = 2
+    c.sft_warmup.update(steps=150, lr=3e-3)
+    c.rl.update(num_prompts=32, group_size=8, max_new_tokens=4, minibatch_size=128)
+    c.optim.lr = 3e-4
+    c.train.update(steps=150, eval_every=75, checkpoint_every=75)
+    c.eval.update(num_problems=128, batch_size=64, max_new_tokens=4, passk_problems=32)
+  elif variant:
+    raise ValueError(f"grpo_arithmetic: unknown variant {variant!r}; allowed: '', 'tiny'")
+  return c

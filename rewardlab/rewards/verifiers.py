@@ -1,0 +1,57 @@
+"""Rule-based rewards over (completion text, problem): verifiers, format, length.
+
+Each reward function maps lists to a float32 numpy vector:
+    fn(completions: list[str], problems: list[Problem], lengths: np.ndarray) -> [B]
+so rewards can be computed on the host right after decoding and combined by weight.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from rewardlab.data.tasks import Problem, extract_answer
+
+RewardFn = Callable[[Sequence[str], Sequence[Problem], np.ndarray], np.ndarray]
+_ANSWER_FORMAT = re.compile(r"^[0-9]+$")
+
+
+def exact_answer(completions, problems, lengths=None) -> np.ndarray:
+  """1 if the extracted answer equals the reference answer, else 0."""
+  return np.array([float(extract_answer(c) == p.answer) for c, p in zip(completions, problems)],
+                  np.float32)
+
+
+def answer_format(completions, problems, lengths=None) -> np.ndarray:
+  """1 if the completion is a bare answer (digits only on its one line), else 0."""
+  return np.array([float(bool(_ANSWER_FORMAT.match(c))) for c in completions], np.float32)
+
+
+def length_penalty(completions, problems, lengths) -> np.ndarray:
+  """-(generated tokens) / max over the batch: a mild push toward short answers."""
+  lengths = np.asarray(lengths, np.float32)
+  return -lengths / max(float(lengths.max(initial=0.0)), 1.0)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "exact_answer": exact_answer,
+    "format": answer_format,
+    "length_penalty": length_penalty,
+}
+
+
+def combine(weights: Mapping[str, float]) -> RewardFn:
+  """Weighted sum of named rewards; also returns each component via `.components`."""
+  unknown = sorted(set(weights) - set(REWARDS))
+  if unknown:
+    raise ValueError(f"rewards: unknown {unknown}; allowed: {sorted(REWARDS)}")
+
+  def reward(completions, problems, lengths):
+    parts = {name: REWARDS[name](completions, problems, lengths) for name in weights}
+    total = sum(w * parts[name] for name, w in weights.items())
+    reward.components = parts
+    return np.asarray(total, np.float32)
+
+  reward.components = {}
+  return reward

@@ -1,0 +1,304 @@
+"""The online RL loop: rollout (KV-cache sampler, G samples per prompt) -> rewards ->
+advantages -> mu epochs of minibatch updates against the stored `logp_old`, with
+reference log-probs from a frozen copy of the starting policy.
+
+Each iteration's prompts and sampling key are functions of (seed, iteration), so a
+resumed run repeats exactly what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rewardlab.data import make_task, prompt_batch
+from rewardlab.eval import pass_at_k
+from rewardlab.eval.plots import plot_curves
+from rewardlab.objectives import policy_gradient as pg
+from rewardlab.ops import chunked_token_logprobs
+from rewardlab.rewards import combine
+from rewardlab.sampling import SamplingParams, make_sample_fn
+from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
+from rewardlab.train import sft
+from rewardlab.train.checkpoint import Checkpointer
+from rewardlab.train.loop import write_config
+from rewardlab.train.metrics import MetricWriter, Progress, read_metrics
+from rewardlab.train.optim import make_optimizer
+from rewardlab.train.policy import Policy, build_policy
+from rewardlab.train.state import create_train_state, shardings_of
+from rewardlab.train.step import make_update_step
+
+
+class Rollout(NamedTuple):
+  """One batch of scored samples. B = num_prompts x group_size rows (prompt-major).
+
+  tokens/valid:    [B, P + N]  left-padded prompt followed by the completion
+  completion_mask: [B, N]      generated tokens up to and including EOS
+  logp_old:        [B, N]      log-probs under the sampling policy (T = 1)
+  logp_ref:        [B, N]      log-probs under the frozen reference
+  advantages:      [B, N]      per-token advantages (sequence advantages broadcast)
+  """
+  tokens: np.ndarray
+  valid: np.ndarray
+  completion_mask: np.ndarray
+  logp_old: np.ndarray
+  logp_ref: np.ndarray
+  advantages: np.ndarray
+
+
+def completion_logprobs(model, tokens, valid, n_completion: int, chunk: int = 4096,
+                        with_entropy: bool = False):
+  """Log-probs (and entropies) of the last n_completion tokens: [B, P+N] -> [B, N]."""
+  hidden, _ = model.hidden_states(tokens[:, :-1], valid=valid[:, :-1])
+  hidden = hidden[:, -n_completion:]
+  out = chunked_token_logprobs(hidden, model.unembedding(), tokens[:, -n_completion:], chunk,
+                               with_entropy=with_entropy)
+  return out
+
+
+def objective_settings(objective_cfg) -> dict:
+  """Method defaults from PG_OBJECTIVES, overridden by any field set in config.objective."""
+  settings = dict(pg.PG_OBJECTIVES[objective_cfg.name])
+  settings.update({k: v for k, v in objective_cfg.items() if k != "name" and v is not None})
+  return settings
+
+
+def make_rl_loss_fn(settings: dict, chunk: int):
+  loss_kwargs = {k: settings[k] for k in pg.LOSS_KEYS if k in settings}
+
+  def loss_fn(model, batch: Rollout, rng):
+    del rng
+    n = batch.completion_mask.shape[1]
+    logp_new, entropy = completion_logprobs(model, batch.tokens, batch.valid, n, chunk, True)
+    return pg.policy_gradient_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask,
+                                   batch.advantages, max_len=n, entropy=entropy, **loss_kwargs)
+  return loss_fn
+
+
+def compute_advantages(settings, rewards, group_size, logp_old, logp_ref, mask):
+  """-> [B, N] per-token advantages for the configured estimator."""
+  kind = settings["advantage"]
+  if kind == "reinforce_pp":
+    return pg.reinforce_pp_advantages(jnp.asarray(rewards), logp_old, logp_ref, mask,
+                                      beta=settings.get("kl_in_reward", 0.01), kl=settings.get("kl", "k1"))
+  adv = pg.ADVANTAGES[kind](jnp.asarray(rewards), group_size)
+  return jnp.broadcast_to(adv[:, None], mask.shape) * mask
+
+
+class RolloutWorker:
+  """Samples groups, scores them, and builds `Rollout`s (host side + jitted pieces)."""
+
+  def __init__(self, config, policy: Policy, mesh, settings):
+    rc = config.rl
+    self.config, self.policy, self.mesh, self.settings = config, policy, mesh, settings
+    self.task = make_task(config.data.task, **config.data.task_kwargs)
+    self.reward_fn = combine(dict(rc.rewards))
+    sp = SamplingParams(max_new_tokens=rc.max_new_tokens, n=rc.group_size,
+                        temperature=rc.temperature, top_p=rc.top_p,
+                        stop_ids=(policy.tokenizer.eos_id,))
+    self.sample = make_sample_fn(policy.graphdef, sp, policy.tokenizer.pad_id, mesh)
+    chunk = config.train.logprob_chunk
+
+    @jax.jit
+    def ref_logps(ref_params, tokens, valid):
+      from flax import nnx
+      return completion_logprobs(nnx.merge(policy.graphdef, ref_params), tokens, valid,
+                                 rc.max_new_tokens, chunk)
+    self.ref_logps = ref_logps
+
+  def _sample_round(self, params, iteration: int, round_: int):
+    rc, tok = self.config.rl, self.policy.tokenizer
+    rng = np.random.default_rng([self.config.seed, iteration, round_])
+    problems = self.task.sample_many(rng, rc.num_prompts)
+    pb = prompt_batch([p.prompt for p in problems], tok, self.config.eval.max_prompt_len)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), iteration), round_)
+    out = self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key)
+    out = jax.device_get(out)
+    texts = tok.decode_batch(out.tokens)
+    expanded = [p for p in problems for _ in range(rc.group_size)]
+    rewards = self.reward_fn(texts, expanded, out.lengths)
+    components = dict(self.reward_fn.components)
+    if self.settings.get("overlong_buffer"):
+      rewards = rewards + np.asarray(pg.overlong_penalty(out.lengths, rc.max_new_tokens,
+                                                         self.settings["overlong_buffer"],
+                                                         self.settings.get("overlong_penalty", 1.0)))
+    pg.check_rewards(rewards, rc.group_size, need_groups=self.settings["advantage"] != "reinforce_pp")
+    return pb, out, rewards, components
+
+  def collect(self, params, ref_params, iteration: int) -> tuple[Rollout, dict]:
+    rc = self.config.rl
+    g = rc.group_size
+    pb, out, rewards, comps = self._sample_round(params, iteration, 0)
+    stats = {"reward": float(rewards.mean()),
+             "accuracy": float(comps.get("exact_answer", rewards).mean()),
+             "response_length": float(out.lengths.mean())}
+    keep_groups = None
+    if self.settings.get("dynamic_sampling"):
+      # DAPO: keep groups whose rewards differ; refill from further rounds
+      pieces = [(pb, out, rewards)]
+      keep = [np.asarray(pg.nonuniform_groups(jnp.asarray(rewards), g))]
+      for r in range(1, rc.max_refill_rounds + 1):
+        if sum(k.sum() for k in keep) >= rc.num_prompts:
+          break
+        pb_r, out_r, rew_r, _ = self._sample_round(params, iteration, r)
+        pieces.append((pb_r, out_r, rew_r))
+        keep.append(np.asarray(pg.nonuniform_groups(jnp.asarray(rew_r), g)))
+      pb, out, rewards, keep_groups = _select_groups(pieces, keep, rc.num_prompts, g)
+      stats["groups_kept_frac"] = float(keep_groups.mean())
+    tokens = np.concatenate([np.repeat(pb.tokens, g, 0), out.tokens], 1)
+    valid = np.concatenate([np.repeat(pb.valid, g, 0), out.mask], 1)
+    logp_ref = self.ref_logps(ref_params, *shard_batch((tokens, valid), self.mesh))
+    logp_old = jnp.asarray(out.logps_model)
+    adv = compute_advantages(self.settings, rewards, g, logp_old, logp_ref, jnp.asarray(out.mask))
+    if keep_groups is not None:  # groups that could not be refilled carry no gradient
+      adv = adv * jnp.repeat(jnp.asarray(keep_groups), g)[:, None]
+    stats["zero_adv_groups"] = float(pg.zero_grad_group_fraction(adv.sum(-1), g))
+    rollout = Rollout(tokens, valid, out.mask, np.asarray(out.logps_model), np.asarray(logp_ref),
+                      np.asarray(adv))
+    return rollout, stats
+
+
+def _select_groups(pieces, keep, num_prompts, g):
+  """First num_prompts kept groups across rounds; pad with dropped groups (flag False)."""
+  rows, flags = [], []
+  for (pb, out, rew), k in zip(pieces, keep):
+    for i, ok in enumerate(k):
+      rows.append((pb, out, rew, i))
+      flags.append(bool(ok))
+  order = [i for i, f in enumerate(flags) if f] + [i for i, f in enumerate(flags) if not f]
+  chosen = order[:num_prompts]
+  take = lambda get: np.stack([get(*rows[c]) for c in chosen])
+  tokens = take(lambda pb, out, rew, i: pb.tokens[i])
+  valid = take(lambda pb, out, rew, i: pb.valid[i])
+  cat = lambda get: np.concatenate([get(*rows[c]) for c in chosen])
+  sl = lambda i: slice(i * g, (i + 1) * g)
+  out = type(pieces[0][1])(
+      tokens=cat(lambda pb, o, rew, i: o.tokens[sl(i)]), mask=cat(lambda pb, o, rew, i: o.mask[sl(i)]),
+      logps=cat(lambda pb, o, rew, i: o.logps[sl(i)]),
+      logps_model=cat(lambda pb, o, rew, i: o.logps_model[sl(i)]),
+      lengths=cat(lambda pb, o, rew, i: o.lengths[sl(i)]), steps=pieces[0][1].steps)
+  rewards = cat(lambda pb, o, rew, i: rew[sl(i)])
+  pb = type(pieces[0][0])(tokens, valid)
+  return pb, out, rewards, np.array([flags[c] for c in chosen])
+
+
+def make_rl_evaluator(config, policy: Policy, mesh):
+  """Greedy held-out accuracy plus unbiased pass@k from n samples per problem."""
+  greedy = sft.make_accuracy_evaluator(config, policy, make_task(config.data.task, **config.data.task_kwargs), mesh)
+  ec, task, tok = config.eval, make_task(config.data.task, **config.data.task_kwargs), policy.tokenizer
+  problems = task.sample_many(np.random.default_rng(ec.seed + 1), ec.passk_problems, split="eval")
+  sp = SamplingParams(max_new_tokens=config.rl.max_new_tokens, n=ec.pass_n, temperature=1.0,
+                      stop_ids=(tok.eos_id,))
+  sample = make_sample_fn(policy.graphdef, sp, tok.pad_id, mesh)
+  pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
+
+  def evaluate(state):
+    result = greedy(state.replace(frozen=state.frozen["base"]))
+    params = policy.full_params(state.params, state.frozen["base"])
+    out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
+    texts = tok.decode_batch(out.tokens)
+    correct = np.array([task.verify(t, problems[i // ec.pass_n].answer) for i, t in enumerate(texts)])
+    correct = correct.reshape(len(problems), ec.pass_n).sum(-1)
+    for k in ec.pass_k:
+      result[f"pass@{k}"] = float(np.mean([pass_at_k(ec.pass_n, int(c), k) for c in correct]))
+    return result
+  return evaluate
+
+
+def warm_start(config, workdir: str):
+  """Runs (or resumes, or skips if finished) the SFT warm-up and returns its final params."""
+  wc = config.sft_warmup
+  if wc.steps <= 0:
+    return None
+  sft_config = copy.deepcopy(config)
+  sft_config.unlock()
+  sft_config.pipeline = "sft"
+  sft_config.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
+  sft_config.optim.lr = wc.lr
+  sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
+  sft_config.lock()
+  summary = sft.run(sft_config, os.path.join(workdir, "sft_warmup"))
+  return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  """stop_at_step: stop after that many RL iterations (simulated interruption)."""
+  workdir = workdir or config.workdir
+  rc, tc = config.rl, config.train
+  mesh = make_mesh(dict(config.mesh))
+  settings = objective_settings(config.objective)
+  warm = warm_start(config, workdir)
+  policy = build_policy(config, mesh)
+  if warm is not None:
+    policy.params = warm[0]
+  ref = jax.tree.map(jnp.copy, policy.full_params())  # frozen reference = starting policy (own buffers)
+  batch_rows = rc.num_prompts * rc.group_size
+  updates_per_iter = rc.epochs * (batch_rows // rc.minibatch_size)
+  optimizer, schedule = make_optimizer(config.optim, tc.steps * updates_per_iter)
+  state = create_train_state(policy.params, optimizer, mesh, config.seed,
+                             frozen={"ref": ref, "base": policy.frozen})
+  merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
+  worker = RolloutWorker(config, policy, mesh, settings)
+  evaluate = make_rl_evaluator(config, policy, mesh)
+
+  write_config(config, workdir)
+  writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tc.checkpoint_every, tc.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    writer.truncate_after(int(state.step) // updates_per_iter)
+  start = int(state.step) // updates_per_iter
+  step_fn = make_update_step(policy.graphdef, make_rl_loss_fn(settings, tc.logprob_chunk), optimizer,
+                             schedule, shardings_of(state), batch_sharding(mesh), merge=merge)
+  progress = Progress(tc.steps, initial=start, enabled=tc.progress, desc="rl")
+  evals, last, t0 = [], {}, time.perf_counter()
+
+  def run_eval(it):
+    result = dict(evaluate(state))
+    examples = result.pop("examples", [])
+    evals.append(writer.write(it, result, split="eval"))
+    progress.write(f"iter {it} eval " + " ".join(f"{k}={v:.3g}" for k, v in result.items()))
+    for line in examples[:2]:
+      progress.write("   " + line)
+
+  if start == 0 and tc.eval_every > 0:
+    run_eval(0)
+  for it in range(start + 1, tc.steps + 1):
+    t_iter = time.perf_counter()
+    params = policy.full_params(state.params, state.frozen["base"])
+    rollout, stats = worker.collect(params, state.frozen["ref"], it - 1)
+    perm_rng = np.random.default_rng([config.seed, it, 7])
+    per_update = []
+    for _ in range(rc.epochs):
+      order = perm_rng.permutation(batch_rows)
+      for s in range(0, batch_rows, rc.minibatch_size):
+        idx = order[s:s + rc.minibatch_size]
+        mb = Rollout(*(x[idx] for x in rollout))
+        state, m = step_fn(state, shard_batch(mb, mesh))
+        per_update.append(m)
+    per_update = jax.device_get(per_update)
+    metrics = {k: float(np.mean([m[k] for m in per_update])) for k in per_update[0]}
+    metrics.update(stats, iter_s=time.perf_counter() - t_iter)
+    last = writer.write(it, metrics)
+    progress.update(1, int(rollout.completion_mask.sum()), reward=stats["reward"],
+                    kl=metrics["kl_ref"])
+    if tc.eval_every > 0 and (it % tc.eval_every == 0 or it == tc.steps):
+      run_eval(it)
+    if ckpt.every > 0 and (it % ckpt.every == 0 or it == tc.steps):
+      ckpt.maybe_save(it, state, force=True)
+    if stop_at_step is not None and it >= stop_at_step:
+      break
+  progress.close()
+  ckpt.close()
+  writer.close()
+  records = read_metrics(workdir)
+  plot_curves(records, os.path.join(workdir, "curves.png"),
+              (("train", "reward"), ("eval", "accuracy"), ("train", "kl_ref"), ("train", "response_length")))
+  return {"state": state, "train": last, "evals": evals, "wall_s": time.perf_counter() - t0,
+          "records": records, "sft_warmup_accuracy": None if warm is None else warm[1]}

@@ -1,0 +1,166 @@
+"""Closed-form and gradient checks of the policy-gradient objectives."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rewardlab.objectives import policy_gradient as pg
+from rewardlab.ops import aggregate
+
+
+def test_group_advantages_closed_form():
+  r = jnp.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+  a = pg.grpo_advantages(r, 4)
+  np.testing.assert_allclose(a[:4], [1, -1, -1, 1], atol=1e-5)   # mean .5, std .5
+  np.testing.assert_allclose(a[4:], 0.0)                          # all-equal group -> 0
+  np.testing.assert_allclose(pg.dr_grpo_advantages(r, 4)[:4], [0.5, -0.5, -0.5, 0.5])
+  # RLOO: baseline excludes the sample itself
+  r3 = jnp.array([3.0, 0.0, 0.0])
+  np.testing.assert_allclose(pg.rloo_advantages(r3, 3), [3.0, -1.5, -1.5])
+  assert float(pg.zero_grad_group_fraction(a, 4)) == 0.5
+  np.testing.assert_array_equal(pg.nonuniform_groups(r, 4), [True, False])
+
+
+def test_clipped_surrogate_closed_form_and_metrics():
+  logp_old = jnp.log(jnp.array([[0.5, 0.5]]))
+  logp_new = jnp.log(jnp.array([[0.75, 0.25]]))      # ratios 1.5 and 0.5
+  mask = jnp.ones((1, 2), bool)
+  loss, m = pg.policy_gradient_loss(logp_new, logp_old, logp_old, mask, jnp.array([2.0]),
+                                    clip_low=0.2, clip_high=0.2, beta=0.0)
+  # A > 0: min(1.5*2, 1.2*2) = 2.4; min(0.5*2, 0.8*2) = 1.0 -> loss = -(2.4 + 1.0) / 2
+  assert float(loss) == pytest.approx(-1.7, rel=1e-6)
+  assert float(m["clip_frac"]) == pytest.approx(0.5)
+  loss_neg, _ = pg.policy_gradient_loss(logp_new, logp_old, logp_old, mask, jnp.array([-2.0]))
+  # A < 0: min(-3, -2.4) = -3; min(-1, -1.6) = -1.6 -> loss = (3 + 1.6) / 2
+  assert float(loss_neg) == pytest.approx(2.3, rel=1e-6)
+  # KL penalty with k3: exp(ref - new) - (ref - new) - 1 averaged, times beta
+  lref = jnp.log(jnp.array([[0.5, 0.5]]))
+  with_kl, m = pg.policy_gradient_loss(logp_new, logp_old, lref, mask, jnp.array([2.0]), beta=0.1)
+  k3 = np.array([0.5 / 0.75 - np.log(0.5 / 0.75) - 1, 0.5 / 0.25 - np.log(0.5 / 0.25) - 1])
+  assert float(with_kl) == pytest.approx(-1.7 + 0.1 * k3.mean(), rel=1e-5)
+  assert float(m["kl_ref"]) == pytest.approx(k3.mean(), rel=1e-5)
+
+
+def test_clipping_stops_the_gradient_exactly_where_ppo_says():
+  logp_old = jnp.zeros((1, 4))
+  logp_new = jnp.log(jnp.array([[1.5, 1.1, 0.5, 0.9]]))  # ratios
+  mask = jnp.ones((1, 4), bool)
+
+  def grad(adv):
+    return jax.grad(lambda x: pg.policy_gradient_loss(x, logp_old, None, mask, jnp.array([adv]))[0])(logp_new)
+
+  g_pos, g_neg = grad(1.0), grad(-1.0)
+  # A > 0: ratio 1.5 > 1.2 is clipped (no gradient); 1.1, 0.5, 0.9 are not
+  assert float(g_pos[0, 0]) == 0.0 and all(float(g_pos[0, i]) < 0 for i in (1, 2, 3))
+  # A < 0: ratio 0.5 < 0.8 is clipped; ratio 1.5 is not (pessimistic bound keeps it)
+  assert float(g_neg[0, 2]) == 0.0 and all(float(g_neg[0, i]) > 0 for i in (0, 1, 3))
+
+
+def test_all_equal_group_gives_zero_policy_gradient():
+  rewards = jnp.array([1.0, 1.0, 1.0, 1.0])
+  logp = jax.random.normal(jax.random.PRNGKey(0), (4, 3)) - 2
+  mask = jnp.ones((4, 3), bool)
+  for adv_fn in (pg.grpo_advantages, pg.dr_grpo_advantages):
+    adv = adv_fn(rewards, 4)
+    g = jax.grad(lambda x: pg.policy_gradient_loss(x, logp, logp, mask, adv)[0])(logp)
+    np.testing.assert_allclose(g, 0.0, atol=1e-7)
+
+
+def test_grpo_with_ratio_one_no_clip_no_kl_equals_reinforce():
+  rewards = jnp.array([1.0, 0.0, 0.0, 0.5])
+  logp = jax.random.normal(jax.random.PRNGKey(1), (4, 3)) - 2
+  mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+  adv = pg.grpo_advantages(rewards, 4)
+  g = jax.grad(lambda x: pg.policy_gradient_loss(x, jax.lax.stop_gradient(x), None, mask, adv,
+                                                 clip_low=1e9, clip_high=1e9)[0])(logp)
+  # REINFORCE with group advantage, per-sequence mean then mean over sequences
+  reinforce = jax.grad(lambda x: -aggregate(x * adv[:, None], mask, "seq_mean"))(logp)
+  np.testing.assert_allclose(g, reinforce, atol=1e-6)
+
+
+def test_gspo_with_uniform_token_ratios_equals_token_level_grpo():
+  logp_old = jnp.full((2, 3), -1.0)
+  logp_new = logp_old + jnp.array([[0.1], [-0.05]])   # same ratio on every token of a row
+  mask = jnp.ones((2, 3), bool)
+  adv = jnp.array([1.0, -1.0])
+  kw = dict(clip_low=0.2, clip_high=0.2, aggregation="seq_mean")
+  seq, _ = pg.policy_gradient_loss(logp_new, logp_old, None, mask, adv, ratio_level="sequence", **kw)
+  tok, _ = pg.policy_gradient_loss(logp_new, logp_old, None, mask, adv, ratio_level="token", **kw)
+  assert float(seq) == pytest.approx(float(tok), rel=1e-6)
+  g_seq = jax.grad(lambda x: pg.policy_gradient_loss(x, logp_old, None, mask, adv, ratio_level="sequence", **kw)[0])(logp_new)
+  g_tok = jax.grad(lambda x: pg.policy_gradient_loss(x, logp_old, None, mask, adv, ratio_level="token", **kw)[0])(logp_new)
+  np.testing.assert_allclose(g_seq, g_tok, atol=1e-6)
+
+
+def test_aggregations_weight_long_and_short_sequences_as_papers_describe():
+  """Same advantage on a 1-token and a 3-token answer: GRPO's seq_mean gives each
+  *sequence* equal weight (the short answer's token gets 3x the gradient of a long one's);
+  DAPO's token_mean and Dr.GRPO's constant_sum give every *token* equal weight."""
+  logp = jnp.zeros((2, 3))
+  mask = jnp.array([[1, 0, 0], [1, 1, 1]], bool)
+  adv = jnp.array([1.0, 1.0])
+  grads = {agg: jax.grad(lambda x: pg.policy_gradient_loss(x, jax.lax.stop_gradient(x), None, mask, adv,
+                                                           aggregation=agg, max_len=3)[0])(logp)
+           for agg in ("seq_mean", "token_mean", "constant_sum")}
+  short, long_ = float(grads["seq_mean"][0, 0]), float(grads["seq_mean"][1, 0])
+  assert short == pytest.approx(3 * long_)
+  for agg in ("token_mean", "constant_sum"):
+    assert float(grads[agg][0, 0]) == pytest.approx(float(grads[agg][1, 0]))
+  assert float(grads["constant_sum"][0, 0]) == pytest.approx(-1 / 6)   # 1 / (B * max_len)
+  assert float(grads["token_mean"][0, 0]) == pytest.approx(-1 / 4)     # 1 / (4 tokens)
+
+
+def test_reinforce_pp_folds_kl_into_reward_and_normalises_over_batch():
+  mask = jnp.array([[1, 1, 0], [1, 1, 1]], bool)
+  logp_old = jnp.log(jnp.full((2, 3), 0.5))
+  adv = pg.reinforce_pp_advantages(jnp.array([1.0, 0.0]), logp_old, logp_old, mask, beta=0.1)
+  # no KL (policy == ref): returns are [1, 1, -] and [0, 0, 0] -> normalised over 5 tokens
+  ret = np.array([1, 1, 0, 0, 0], float)
+  want = (ret - ret.mean()) / (ret.std() + 1e-6)
+  np.testing.assert_allclose(np.asarray(adv)[np.asarray(mask)], want, atol=1e-5)
+  assert float(adv[0, 2]) == 0.0
+
+
+def test_gae_and_ppo_value_loss_closed_form():
+  rewards = jnp.array([[0.0, 0.0, 1.0]])
+  values = jnp.array([[0.5, 0.5, 0.5]])
+  mask = jnp.ones((1, 3), bool)
+  adv, ret = pg.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+  np.testing.assert_allclose(adv, [[0.5, 0.5, 0.5]], atol=1e-6)   # Monte-Carlo: 1 - V
+  np.testing.assert_allclose(ret, [[1.0, 1.0, 1.0]], atol=1e-6)
+  adv0, _ = pg.gae_advantages(rewards, values, mask, gamma=1.0, lam=0.0)
+  np.testing.assert_allclose(adv0, [[0.0, 0.0, 0.5]], atol=1e-6)  # one-step TD errors
+  logp = jnp.zeros((1, 3))
+  loss, m = pg.ppo_loss(logp, logp, None, mask, adv, jnp.array([[0.9, 0.5, 0.5]]), values, ret,
+                        value_clip=0.2, value_coef=0.5)
+  # ratio 1: pg = -mean(adv) = -0.5; value: token0 max((0.9-1)^2, (0.7-1)^2) = 0.09; others 0.25
+  v = 0.5 * np.mean([0.09, 0.25, 0.25])
+  assert float(loss) == pytest.approx(-0.5 + 0.5 * v, rel=1e-5)
+  assert float(m["value_clip_frac"]) == pytest.approx(1 / 3)
+
+
+def test_overlong_penalty_and_bad_inputs():
+  np.testing.assert_allclose(pg.overlong_penalty(jnp.array([4, 6, 7, 8]), 8, 4), [0, -0.5, -0.75, -1.0])
+  with pytest.raises(ValueError, match="group_size=1"):
+    pg.check_rewards(np.ones(4), 1)
+  with pytest.raises(ValueError, match="NaN/inf at rows \\[2\\]"):
+    pg.check_rewards(np.array([1.0, 0.0, np.nan, 1.0]), 2)
+  with pytest.raises(ValueError, match="do not split into groups of 4"):
+    pg.check_rewards(np.ones(6), 4)
+  with pytest.raises(ValueError, match="ratio_level"):
+    pg.policy_gradient_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), None, jnp.ones((1, 2)), jnp.ones(1),
+                            ratio_level="word")
+
+
+def test_rewards_and_pass_at_k():
+  from rewardlab.data import Problem
+  from rewardlab.eval import pass_at_k
+  from rewardlab.rewards import combine
+  probs = [Problem("1+1=", "2")] * 3
+  fn = combine({"exact_answer": 1.0, "format": 0.1})
+  np.testing.assert_allclose(fn(["2", "3", "2 apples"], probs, np.array([2, 2, 9])), [1.1, 0.1, 0.0])
+  assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 3) == 1.0
+  assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+  assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))   # 1 - C(3,2)/C(4,2)
+  with pytest.raises(ValueError, match="unknown"):
+    combine({"vibes": 1.0})
