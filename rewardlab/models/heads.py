@@ -37,3 +37,16 @@ class ScalarHead(nnx.Module):
     h = gather_last(hidden, valid).astype(jnp.float32)
     out = h @ self.kernel[...].astype(jnp.float32)
     return out if self.bias is None else out + self.bias[...].astype(jnp.float32)
+
+
+class ValueHead(nnx.Module):
+  """Per-token value V(s_t) = w . h_t + b (A10): hidden [B, T, D] -> [B, T] float32."""
+
+  def __init__(self, d_model: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    init = jax.nn.initializers.normal(stddev=0.01 * d_model ** -0.5)
+    self.kernel = nnx.Param(init(rngs.params(), (d_model,), param_dtype), axes=("embed",))
+    self.bias = nnx.Param(jnp.zeros((), param_dtype), axes=())
+
+  def __call__(self, hidden: jax.Array) -> jax.Array:
+    return (hidden.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
+            + self.bias[...].astype(jnp.float32))

@@ -191,9 +191,12 @@ PG_OBJECTIVES = {
                  aggregation="token_mean", ratio_level="token"),
     "reinforce_pp": dict(advantage="reinforce_pp", clip_low=0.2, clip_high=0.2, beta=0.0,
                          kl="k1", kl_in_reward=0.01, aggregation="token_mean", ratio_level="token"),
+    "ppo": dict(advantage="gae", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k1",
+                kl_in_reward=0.02, gamma=1.0, lam=0.95, value_clip=0.2, value_coef=0.5,
+                aggregation="token_mean", ratio_level="token"),
 }
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce_pp": reinforce_pp_advantages}
 LOSS_KEYS = ("clip_low", "clip_high", "beta", "kl", "aggregation", "ratio_level")
 
-OBJECTIVES = {name: policy_gradient_loss for name in PG_OBJECTIVES}
+OBJECTIVES = {name: (ppo_loss if name == "ppo" else policy_gradient_loss) for name in PG_OBJECTIVES}

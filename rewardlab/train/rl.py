@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.eval import pass_at_k
 from rewardlab.eval.plots import plot_curves
 from rewardlab.objectives import policy_gradient as pg
-from rewardlab.ops import chunked_token_logprobs
+from rewardlab.ops import chunked_token_logprobs, masked_mean
 from rewardlab.rewards import combine
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
@@ -43,6 +44,8 @@ class Rollout(NamedTuple):
   logp_old:        [B, N]      log-probs under the sampling policy (T = 1)
   logp_ref:        [B, N]      log-probs under the frozen reference
   advantages:      [B, N]      per-token advantages (sequence advantages broadcast)
+  old_values:      [B, N]      PPO: value-head outputs at rollout time (zeros otherwise)
+  returns:         [B, N]      PPO: GAE returns, the value targets (zeros otherwise)
   """
   tokens: np.ndarray
   valid: np.ndarray
@@ -50,16 +53,30 @@ class Rollout(NamedTuple):
   logp_old: np.ndarray
   logp_ref: np.ndarray
   advantages: np.ndarray
+  old_values: np.ndarray
+  returns: np.ndarray
+
+
+class ActorCritic(nnx.Module):
+  """PPO's trainable pair: the policy transformer and a per-token value head on its trunk."""
+
+  def __init__(self, policy: nnx.Module, value_head: nnx.Module):
+    self.policy = policy
+    self.value_head = value_head
+
+
+def completion_hidden(model, tokens, valid, n_completion: int):
+  """Hidden states at the positions that predict the last n_completion tokens: [B, N, D]."""
+  hidden, _ = model.hidden_states(tokens[:, :-1], valid=valid[:, :-1])
+  return hidden[:, -n_completion:]
 
 
 def completion_logprobs(model, tokens, valid, n_completion: int, chunk: int = 4096,
                         with_entropy: bool = False):
   """Log-probs (and entropies) of the last n_completion tokens: [B, P+N] -> [B, N]."""
-  hidden, _ = model.hidden_states(tokens[:, :-1], valid=valid[:, :-1])
-  hidden = hidden[:, -n_completion:]
-  out = chunked_token_logprobs(hidden, model.unembedding(), tokens[:, -n_completion:], chunk,
-                               with_entropy=with_entropy)
-  return out
+  hidden = completion_hidden(model, tokens, valid, n_completion)
+  return chunked_token_logprobs(hidden, model.unembedding(), tokens[:, -n_completion:], chunk,
+                                with_entropy=with_entropy)
 
 
 def objective_settings(objective_cfg) -> dict:
@@ -71,18 +88,42 @@ def objective_settings(objective_cfg) -> dict:
 
 def make_rl_loss_fn(settings: dict, chunk: int):
   loss_kwargs = {k: settings[k] for k in pg.LOSS_KEYS if k in settings}
+  ppo = settings["advantage"] == "gae"
 
   def loss_fn(model, batch: Rollout, rng):
     del rng
     n = batch.completion_mask.shape[1]
-    logp_new, entropy = completion_logprobs(model, batch.tokens, batch.valid, n, chunk, True)
+    policy = model.policy if ppo else model
+    hidden = completion_hidden(policy, batch.tokens, batch.valid, n)
+    logp_new, entropy = chunked_token_logprobs(hidden, policy.unembedding(),
+                                               batch.tokens[:, -n:], chunk, with_entropy=True)
+    if ppo:
+      values = model.value_head(hidden)
+      return pg.ppo_loss(logp_new, batch.logp_old, None, batch.completion_mask, batch.advantages,
+                         values, batch.old_values, batch.returns, clip_low=settings["clip_low"],
+                         clip_high=settings["clip_high"], value_clip=settings["value_clip"],
+                         value_coef=settings["value_coef"], aggregation=settings["aggregation"],
+                         max_len=n, entropy=entropy)
     return pg.policy_gradient_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask,
                                    batch.advantages, max_len=n, entropy=entropy, **loss_kwargs)
   return loss_fn
 
 
+def ppo_targets(settings, rewards, logp_old, logp_ref, values, mask):
+  """Per-token reward (-kl_coef * k1 KL + sequence reward at the last token) -> GAE.
+  Returns (whitened advantages [B, N], returns [B, N])."""
+  mask = mask.astype(bool)
+  last = (jnp.cumsum(mask, -1) == jnp.sum(mask, -1, keepdims=True)) & mask
+  token_r = (-settings["kl_in_reward"] * (logp_old - logp_ref) * mask
+             + jnp.where(last, jnp.asarray(rewards)[:, None], 0.0))
+  adv, returns = pg.gae_advantages(token_r, values, mask, settings["gamma"], settings["lam"])
+  mean = masked_mean(adv, mask)
+  std = jnp.sqrt(masked_mean(jnp.square(adv - mean), mask))
+  return jnp.where(mask, (adv - mean) / (std + 1e-6), 0.0), returns
+
+
 def compute_advantages(settings, rewards, group_size, logp_old, logp_ref, mask):
-  """-> [B, N] per-token advantages for the configured estimator."""
+  """-> [B, N] per-token advantages for the configured estimator (not PPO's GAE)."""
   kind = settings["advantage"]
   if kind == "reinforce_pp":
     return pg.reinforce_pp_advantages(jnp.asarray(rewards), logp_old, logp_ref, mask,
@@ -94,7 +135,7 @@ def compute_advantages(settings, rewards, group_size, logp_old, logp_ref, mask):
 class RolloutWorker:
   """Samples groups, scores them, and builds `Rollout`s (host side + jitted pieces)."""
 
-  def __init__(self, config, policy: Policy, mesh, settings):
+  def __init__(self, config, policy: Policy, mesh, settings, value_graphdef=None):
     rc = config.rl
     self.config, self.policy, self.mesh, self.settings = config, policy, mesh, settings
     self.task = make_task(config.data.task, **config.data.task_kwargs)
@@ -107,10 +148,16 @@ class RolloutWorker:
 
     @jax.jit
     def ref_logps(ref_params, tokens, valid):
-      from flax import nnx
       return completion_logprobs(nnx.merge(policy.graphdef, ref_params), tokens, valid,
                                  rc.max_new_tokens, chunk)
     self.ref_logps = ref_logps
+
+    @jax.jit
+    def values_of(value_params, policy_params, tokens, valid):
+      model = nnx.merge(policy.graphdef, policy_params)
+      hidden = completion_hidden(model, tokens, valid, rc.max_new_tokens)
+      return nnx.merge(value_graphdef, value_params)(hidden)
+    self.values_of = values_of
 
   def _sample_round(self, params, iteration: int, round_: int):
     rc, tok = self.config.rl, self.policy.tokenizer
@@ -131,7 +178,7 @@ class RolloutWorker:
     pg.check_rewards(rewards, rc.group_size, need_groups=self.settings["advantage"] != "reinforce_pp")
     return pb, out, rewards, components
 
-  def collect(self, params, ref_params, iteration: int) -> tuple[Rollout, dict]:
+  def collect(self, params, ref_params, iteration: int, value_params=None) -> tuple[Rollout, dict]:
     rc = self.config.rl
     g = rc.group_size
     pb, out, rewards, comps = self._sample_round(params, iteration, 0)
@@ -155,12 +202,18 @@ class RolloutWorker:
     valid = np.concatenate([np.repeat(pb.valid, g, 0), out.mask], 1)
     logp_ref = self.ref_logps(ref_params, *shard_batch((tokens, valid), self.mesh))
     logp_old = jnp.asarray(out.logps_model)
-    adv = compute_advantages(self.settings, rewards, g, logp_old, logp_ref, jnp.asarray(out.mask))
+    mask = jnp.asarray(out.mask)
+    old_values = returns = jnp.zeros(mask.shape, jnp.float32)
+    if self.settings["advantage"] == "gae":
+      old_values = self.values_of(value_params, params, *shard_batch((tokens, valid), self.mesh))
+      adv, returns = ppo_targets(self.settings, rewards, logp_old, logp_ref, old_values, mask)
+    else:
+      adv = compute_advantages(self.settings, rewards, g, logp_old, logp_ref, mask)
     if keep_groups is not None:  # groups that could not be refilled carry no gradient
       adv = adv * jnp.repeat(jnp.asarray(keep_groups), g)[:, None]
     stats["zero_adv_groups"] = float(pg.zero_grad_group_fraction(adv.sum(-1), g))
     rollout = Rollout(tokens, valid, out.mask, np.asarray(out.logps_model), np.asarray(logp_ref),
-                      np.asarray(adv))
+                      np.asarray(adv), np.asarray(old_values), np.asarray(returns))
     return rollout, stats
 
 
@@ -188,8 +241,9 @@ def _select_groups(pieces, keep, num_prompts, g):
   return pb, out, rewards, np.array([flags[c] for c in chosen])
 
 
-def make_rl_evaluator(config, policy: Policy, mesh):
-  """Greedy held-out accuracy plus unbiased pass@k from n samples per problem."""
+def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p):
+  """Greedy held-out accuracy plus unbiased pass@k from n samples per problem.
+  `policy_part(state.params)` picks the policy's trainable params (PPO also trains a value head)."""
   greedy = sft.make_accuracy_evaluator(config, policy, make_task(config.data.task, **config.data.task_kwargs), mesh)
   ec, task, tok = config.eval, make_task(config.data.task, **config.data.task_kwargs), policy.tokenizer
   problems = task.sample_many(np.random.default_rng(ec.seed + 1), ec.passk_problems, split="eval")
@@ -199,8 +253,8 @@ def make_rl_evaluator(config, policy: Policy, mesh):
   pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
 
   def evaluate(state):
-    result = greedy(state.replace(frozen=state.frozen["base"]))
-    params = policy.full_params(state.params, state.frozen["base"])
+    result = greedy(state.replace(params=policy_part(state.params), frozen=state.frozen["base"]))
+    params = policy.full_params(policy_part(state.params), state.frozen["base"])
     out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
     texts = tok.decode_batch(out.tokens)
     correct = np.array([task.verify(t, problems[i // ec.pass_n].answer) for i, t in enumerate(texts)])
@@ -209,6 +263,22 @@ def make_rl_evaluator(config, policy: Policy, mesh):
       result[f"pass@{k}"] = float(np.mean([pass_at_k(ec.pass_n, int(c), k) for c in correct]))
     return result
   return evaluate
+
+
+def _actor_critic(config, policy: Policy, mesh):
+  """(ActorCritic graphdef, {"policy": trainable, "value_head": sharded head params},
+  value-head graphdef)."""
+  from rewardlab.models import Transformer
+  from rewardlab.models.heads import ValueHead
+  from rewardlab.sharding import named, param_specs
+  cfg = policy.model_cfg
+  make_head = lambda: ValueHead(cfg.d_model, rngs=nnx.Rngs(config.seed + 2))
+  abstract = nnx.eval_shape(lambda: ActorCritic(Transformer(cfg, rngs=nnx.Rngs(0)), make_head()))
+  graphdef = nnx.split(abstract, nnx.Param)[0]
+  head_def, head_state = nnx.split(nnx.eval_shape(make_head), nnx.Param)
+  shardings = named(mesh, param_specs(head_state, mesh))
+  head = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_head(), nnx.Param)), out_shardings=shardings)()
+  return graphdef, {"policy": policy.params, "value_head": head}, head_def
 
 
 def warm_start(config, workdir: str):
@@ -238,14 +308,23 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   if warm is not None:
     policy.params = warm[0]
   ref = jax.tree.map(jnp.copy, policy.full_params())  # frozen reference = starting policy (own buffers)
+  ppo = settings["advantage"] == "gae"
+  graphdef, trainable, merge, value_graphdef = policy.graphdef, policy.params, None, None
+  if policy.merge is not None:
+    merge = lambda p, f: policy.merge(p, f["base"])
+  if ppo:  # train {"policy", "value_head"} together as one ActorCritic module
+    graphdef, trainable, value_graphdef = _actor_critic(config, policy, mesh)
+    base_merge = merge
+    merge = lambda p, f: {"policy": p["policy"] if base_merge is None else base_merge(p["policy"], f),
+                          "value_head": p["value_head"]}
   batch_rows = rc.num_prompts * rc.group_size
   updates_per_iter = rc.epochs * (batch_rows // rc.minibatch_size)
   optimizer, schedule = make_optimizer(config.optim, tc.steps * updates_per_iter)
-  state = create_train_state(policy.params, optimizer, mesh, config.seed,
+  state = create_train_state(trainable, optimizer, mesh, config.seed,
                              frozen={"ref": ref, "base": policy.frozen})
-  merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
-  worker = RolloutWorker(config, policy, mesh, settings)
-  evaluate = make_rl_evaluator(config, policy, mesh)
+  worker = RolloutWorker(config, policy, mesh, settings, value_graphdef)
+  policy_part = (lambda p: p["policy"]) if ppo else (lambda p: p)
+  evaluate = make_rl_evaluator(config, policy, mesh, policy_part)
 
   write_config(config, workdir)
   writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
@@ -254,7 +333,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     state = ckpt.restore(state)
     writer.truncate_after(int(state.step) // updates_per_iter)
   start = int(state.step) // updates_per_iter
-  step_fn = make_update_step(policy.graphdef, make_rl_loss_fn(settings, tc.logprob_chunk), optimizer,
+  step_fn = make_update_step(graphdef, make_rl_loss_fn(settings, tc.logprob_chunk), optimizer,
                              schedule, shardings_of(state), batch_sharding(mesh), merge=merge)
   progress = Progress(tc.steps, initial=start, enabled=tc.progress, desc="rl")
   evals, last, t0 = [], {}, time.perf_counter()
@@ -271,8 +350,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     run_eval(0)
   for it in range(start + 1, tc.steps + 1):
     t_iter = time.perf_counter()
-    params = policy.full_params(state.params, state.frozen["base"])
-    rollout, stats = worker.collect(params, state.frozen["ref"], it - 1)
+    params = policy.full_params(policy_part(state.params), state.frozen["base"])
+    rollout, stats = worker.collect(params, state.frozen["ref"], it - 1,
+                                    state.params["value_head"] if ppo else None)
     perm_rng = np.random.default_rng([config.seed, it, 7])
     per_update = []
     for _ in range(rc.epochs):
