@@ -25,6 +25,7 @@ from flax import nnx
 
 from rewardlab.models.config import FAMILIES, ModelConfig
 from rewardlab.models.heads import ScalarHead
+from rewardlab.models.paths import get_path, set_path
 from rewardlab.models.transformer import Transformer
 from rewardlab.sharding import LOGICAL_RULES, named, param_specs
 
@@ -220,18 +221,6 @@ def _param_map(cfg: ModelConfig, prefix: str = "model.") -> Iterator[_Map]:
     yield _Map(("lm_head",), "lm_head.weight", lambda w: w.T, lambda w: w.T)
 
 
-def _get(tree, path):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def _set(tree, path, value):
-  for k in path[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[path[-1]] = value
-
-
 def _mapped_shape(m: _Map, shape) -> tuple | None:
   try:
     return tuple(jax.eval_shape(m.to_ours, jax.ShapeDtypeStruct(shape, jnp.float32)).shape)
@@ -247,15 +236,15 @@ def _load_tree(weights: SafetensorsFolder, maps, abstract: dict, shardings: dict
     if m.hf not in weights:
       raise ValueError(f"{weights.folder}: tensor {m.hf!r} (for {'/'.join(map(str, m.ours))}) "
                        f"is missing from the checkpoint")
-    target = _get(abstract, m.ours)
+    target = get_path(abstract, m.ours)
     if _mapped_shape(m, weights.shape(m.hf)) != tuple(target.shape):
       raise ValueError(f"{weights.folder}: tensor {m.hf!r} has shape {weights.shape(m.hf)}, which "
                        f"does not map to {'/'.join(map(str, m.ours))} of shape {tuple(target.shape)}")
   out: dict = {}
   for m in maps:
-    target = _get(abstract, m.ours)
+    target = get_path(abstract, m.ours)
     host = np.asarray(m.to_ours(weights.get(m.hf))).astype(target.dtype)
-    _set(out, m.ours, jax.make_array_from_callback(target.shape, _get(shardings, m.ours),
+    set_path(out, m.ours, jax.make_array_from_callback(target.shape, get_path(shardings, m.ours),
                                                    lambda index, host=host: host[index]))
     del host
   return out
@@ -320,7 +309,7 @@ def save_hf_model(folder: str, arch: str, cfg: ModelConfig, params, head_params=
   os.makedirs(folder, exist_ok=True)
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
               "float16": np.float16}[dtype or cfg.param_dtype]
-  tensors = {m.hf: np.asarray(m.to_hf(np.asarray(jax.device_get(_get(params, m.ours))))).astype(np_dtype)
+  tensors = {m.hf: np.asarray(m.to_hf(np.asarray(jax.device_get(get_path(params, m.ours))))).astype(np_dtype)
              for m in _param_map(cfg)}
   extra = dict(config_extra or {})
   if head_params is not None:

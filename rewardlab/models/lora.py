@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from rewardlab.models.paths import get_path, key_tuple, set_path
+
 # projection name -> number of leading "input" dims of its kernel
 LORA_TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
 
@@ -27,22 +29,10 @@ def _targets(params, targets: Sequence[str]):
   for path, leaf in flat:
     name = getattr(path[-1], "key", None)
     if name in targets and getattr(leaf, "ndim", 0) >= 2:
-      found.append((tuple(getattr(p, "key", getattr(p, "idx", None)) for p in path), leaf, name))
+      found.append((key_tuple(path), leaf, name))
   if not found:
     raise ValueError(f"lora.targets {list(targets)} match no parameter")
   return found
-
-
-def _get(tree, path):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def _set(tree, path, value):
-  for k in path[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[path[-1]] = value
 
 
 def init_lora(params, targets: Sequence[str], rank: int, rng: jax.Array) -> dict:
@@ -55,7 +45,7 @@ def init_lora(params, targets: Sequence[str], rank: int, rng: jax.Array) -> dict
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
     fan_in = math.prod(in_shape)
     a = jax.random.normal(jax.random.fold_in(rng, i), in_shape + (rank,), jnp.float32) * fan_in ** -0.5
-    _set(lora, path, {"a": a.astype(w.dtype), "b": jnp.zeros((rank,) + out_shape, w.dtype)})
+    set_path(lora, path, {"a": a.astype(w.dtype), "b": jnp.zeros((rank,) + out_shape, w.dtype)})
   return lora
 
 
@@ -63,11 +53,11 @@ def lora_specs(base_specs, lora) -> dict:
   """PartitionSpecs for adapters from their base kernels' specs (in dims / out dims)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(lora)[0]:
-    keys = tuple(getattr(p, "key", getattr(p, "idx", None)) for p in path)
-    base = tuple(_get(base_specs, keys[:-1]))
+    keys = key_tuple(path)
+    base = tuple(get_path(base_specs, keys[:-1]))
     n_in = LORA_TARGETS[keys[-2]]
     spec = P(*base[:n_in], None) if keys[-1] == "a" else P(None, *base[n_in:])
-    _set(out, keys, spec)
+    set_path(out, keys, spec)
   return out
 
 
@@ -75,9 +65,9 @@ def apply_lora(base, lora, scale: float):
   """base + scale * A @ B for every adapted kernel; other leaves pass through."""
   merged = jax.tree.map(lambda x: x, base)
   for path, _ in jax.tree_util.tree_flatten_with_path(lora, is_leaf=lambda x: isinstance(x, dict) and "a" in x)[0]:
-    keys = tuple(getattr(p, "key", getattr(p, "idx", None)) for p in path)
-    ab = _get(lora, keys)
-    w = _get(base, keys)
+    keys = key_tuple(path)
+    ab = get_path(lora, keys)
+    w = get_path(base, keys)
     delta = jnp.tensordot(ab["a"], ab["b"], axes=1)
-    _set(merged, keys, (w + scale * delta).astype(w.dtype))
+    set_path(merged, keys, (w + scale * delta).astype(w.dtype))
   return merged
