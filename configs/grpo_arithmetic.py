@@ -24,10 +24,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
       beta=placeholder(float), kl=placeholder(str), aggregation=placeholder(str),
       ratio_level=placeholder(str)))
   c.rl = ml_collections.ConfigDict(dict(
-      num_prompts=32, group_size=8, max_new_tokens=6, temperature=1.0, top_p=1.0, epochs=1,
-      minibatch_size=128, max_refill_rounds=2,
+      num_prompts=64, group_size=8, max_new_tokens=6, temperature=1.0, top_p=1.0, epochs=1,
+      minibatch_size=256, max_refill_rounds=2,
       rewards=ml_collections.ConfigDict({"exact_answer": 1.0, "format": 0.1})))
-  c.sft_warmup = ml_collections.ConfigDict(dict(steps=300, lr=2e-3))
+  c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)
   c.eval.update(num_problems=256, batch_size=128, passk_problems=64, pass_n=8, pass_k=(1, 4))
