@@ -37,7 +37,7 @@ def get_config(variant: str = "", objective: str = "grpo"):
                    max_seq_len=32)
     c.data.task_kwargs.max_digits = 2
     c.sft_warmup.update(steps=150, lr=3e-3)
-    c.rl.update(num_prompts=32, group_size=8, max_new_tokens=4, minibatch_size=128)
+    c.rl.update(num_prompts=32, group_size=8, max_new_tokens=6, minibatch_size=128)
     c.optim.lr = 3e-4
     c.train.update(steps=150, eval_every=75, checkpoint_every=75)
     c.eval.update(num_problems=128, batch_size=64, max_new_tokens=4, passk_problems=32)

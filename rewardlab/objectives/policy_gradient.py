@@ -144,8 +144,10 @@ def ppo_loss(logp_new, logp_old, logp_ref, mask, advantages, values, old_values,
              value_coef: float = 0.5, aggregation: str = "token_mean", max_len=None,
              entropy=None, **_):
   """PPO: clipped surrogate + value_coef * clipped value loss (per-token, [B, T] arrays).
-  v_loss_t = 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)."""
-  pg, metrics = policy_gradient_loss(logp_new, logp_old, None, mask, advantages,
+  v_loss_t = 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2).
+  The KL to the reference lives in the reward (see `train.rl.ppo_targets`); logp_ref here
+  only feeds the `kl_ref` metric."""
+  pg, metrics = policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages,
                                      clip_low=clip_low, clip_high=clip_high, beta=0.0,
                                      aggregation=aggregation, max_len=max_len, entropy=entropy)
   v_clipped = old_values + jnp.clip(values - old_values, -value_clip, value_clip)
@@ -184,7 +186,7 @@ PG_OBJECTIVES = {
                     aggregation="constant_sum", ratio_level="token"),
     "dapo": dict(advantage="grpo", clip_low=0.2, clip_high=0.28, beta=0.0, kl="k3",
                  aggregation="token_mean", ratio_level="token", dynamic_sampling=True,
-                 overlong_buffer=2, overlong_penalty=1.0),
+                 overlong_buffer=1, overlong_penalty=1.0),
     "gspo": dict(advantage="grpo", clip_low=3e-4, clip_high=4e-4, beta=0.0, kl="k3",
                  aggregation="seq_mean", ratio_level="sequence"),
     "rloo": dict(advantage="rloo", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k3",

@@ -99,7 +99,7 @@ def make_rl_loss_fn(settings: dict, chunk: int):
                                                batch.tokens[:, -n:], chunk, with_entropy=True)
     if ppo:
       values = model.value_head(hidden)
-      return pg.ppo_loss(logp_new, batch.logp_old, None, batch.completion_mask, batch.advantages,
+      return pg.ppo_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask, batch.advantages,
                          values, batch.old_values, batch.returns, clip_low=settings["clip_low"],
                          clip_high=settings["clip_high"], value_clip=settings["value_clip"],
                          value_coef=settings["value_coef"], aggregation=settings["aggregation"],
