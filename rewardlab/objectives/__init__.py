@@ -1,7 +1,7 @@
 """Pure objectives: functions of arrays returning (loss, metrics); one registry per family."""
-from rewardlab.objectives import policy_gradient, sft
+from rewardlab.objectives import policy_gradient, preference, sft
 
-OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES}
+OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES, **preference.OBJECTIVES}
 # which objectives each pipeline accepts
 PIPELINE_OBJECTIVES = {"sft": sorted(sft.OBJECTIVES), "rl": sorted(policy_gradient.PG_OBJECTIVES)}
 

@@ -1,0 +1,126 @@
+"""Closed-form values, invariances and gradient directions of the DPO family."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rewardlab.objectives import preference as po
+
+LW, LL, RW, RL = (jnp.array([-3.0, -5.0]), jnp.array([-4.0, -4.0]),
+                  jnp.array([-3.5, -4.5]), jnp.array([-3.5, -4.5]))
+LEN_W, LEN_L = jnp.array([2.0, 4.0]), jnp.array([3.0, 1.0])
+
+
+def _sig(x):
+  return 1 / (1 + np.exp(-x))
+
+
+def _gap():
+  return np.array([(-3 + 3.5) - (-4 + 3.5), (-5 + 4.5) - (-4 + 4.5)])   # [1.0, -1.0]
+
+
+def test_dpo_family_closed_form():
+  beta, h = 0.5, 0.5 * _gap()
+  assert float(po.dpo_loss(LW, LL, RW, RL, beta=beta)[0]) == pytest.approx(np.mean(-np.log(_sig(h))), rel=1e-5)
+  eps = 0.2
+  want = np.mean(-(1 - eps) * np.log(_sig(h)) - eps * np.log(_sig(-h)))
+  assert float(po.cdpo_loss(LW, LL, RW, RL, beta=beta, label_smoothing=eps)[0]) == pytest.approx(want, rel=1e-5)
+  want = np.mean((-(1 - eps) * np.log(_sig(h)) + eps * np.log(_sig(-h))) / (1 - 2 * eps))
+  assert float(po.robust_dpo_loss(LW, LL, RW, RL, beta=beta, label_smoothing=eps)[0]) == pytest.approx(want, rel=1e-5)
+  assert float(po.ipo_loss(LW, LL, RW, RL, beta=beta)[0]) == pytest.approx(np.mean((_gap() - 1.0) ** 2), rel=1e-5)
+  assert float(po.hinge_loss(LW, LL, RW, RL, beta=beta)[0]) == pytest.approx(np.mean(np.maximum(0, 1 - h)), rel=1e-5)
+  rw, rl = 2.0 * np.array([-1.5, -1.25]), 2.0 * np.array([-4 / 3, -4.0])
+  want = np.mean(-np.log(_sig(rw - rl - 0.5)))
+  assert float(po.simpo_loss(LW, LL, None, None, len_w=LEN_W, len_l=LEN_L, beta=2.0, gamma=0.5)[0]) == pytest.approx(want, rel=1e-5)
+  nll = np.mean(-np.array([-3.0, -5.0]) / np.array([2.0, 4.0]))
+  dpo = float(po.dpo_loss(LW, LL, RW, RL, beta=beta)[0])
+  assert float(po.rpo_loss(LW, LL, RW, RL, len_w=LEN_W, beta=beta, alpha=0.3)[0]) == pytest.approx(dpo + 0.3 * nll, rel=1e-5)
+
+
+def test_orpo_closed_form():
+  lw, ll = jnp.array([-1.0]), jnp.array([-2.0])
+  pw, pl = np.exp(-0.5), np.exp(-2.0)       # mean token prob (len 2 and 1)
+  ratio = np.log(pw / (1 - pw)) - np.log(pl / (1 - pl))
+  want = 0.5 - 0.1 * np.log(_sig(ratio))
+  got, m = po.orpo_loss(lw, ll, None, None, len_w=jnp.array([2.0]), len_l=jnp.array([1.0]), lam=0.1)
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  assert float(m["log_odds_ratio"]) == pytest.approx(ratio, rel=1e-5)
+
+
+def test_kto_closed_form_with_batch_reference_point():
+  logp, ref = jnp.array([-1.0, -2.0]), jnp.array([-1.5, -1.0])
+  desirable = jnp.array([True, False])
+  z = max(0.0, np.mean([0.5, -1.0]))   # 0: clipped
+  want = np.mean([1 - _sig(0.1 * (0.5 - z)), 1 - _sig(0.1 * (z - (-1.0)))])
+  loss, m = po.kto_loss(logp, ref, desirable, beta=0.1)
+  assert float(loss) == pytest.approx(want, rel=1e-5)
+  loss2, m2 = po.kto_loss(logp, ref, desirable, beta=0.1, kl_logp=jnp.array([-1.0]), kl_ref=jnp.array([-3.0]))
+  assert float(m2["kl_reference_point"]) == pytest.approx(2.0)
+
+
+def test_sppo_and_tgdpo():
+  loss, _ = po.sppo_loss(jnp.array([-1.0, -2.0]), jnp.array([-1.5, -1.5]), jnp.array([0.9, 0.1]), eta=2.0)
+  want = np.mean([(0.5 - 0.8) ** 2, (-0.5 + 0.8) ** 2])
+  assert float(loss) == pytest.approx(want, rel=1e-5)
+  # unit token weights = sequence DPO
+  tw, tl = jnp.array([[-1.0, -2.0]]), jnp.array([[-1.5, -2.5]])
+  rw, rl = jnp.array([[-1.2, -2.0]]), jnp.array([[-1.0, -2.5]])
+  m1 = jnp.ones((1, 2))
+  tg, _ = po.tgdpo_loss(tw, tl, rw, rl, m1, m1, m1, m1, beta=0.5)
+  dpo, _ = po.dpo_loss(tw.sum(-1), tl.sum(-1), rw.sum(-1), rl.sum(-1), beta=0.5)
+  assert float(tg) == pytest.approx(float(dpo), rel=1e-6)
+  # zero weight on a token removes it from the margin
+  w0 = jnp.array([[1.0, 0.0]])
+  tg0, _ = po.tgdpo_loss(tw, tl, rw, rl, m1, m1, w0, w0, beta=0.5)
+  h = 0.5 * ((-1.0 + 1.2) - (-1.5 + 1.0))
+  assert float(tg0) == pytest.approx(-np.log(_sig(h)), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dpo", "cdpo", "robust_dpo", "ipo", "hinge", "rpo"])
+def test_invariant_to_constant_added_to_policy_and_reference(name):
+  kw = dict(len_w=LEN_W, len_l=LEN_L, beta=0.5)
+  fn = po.PAIRED[name]
+  base = float(fn(LW, LL, RW, RL, **kw)[0])
+  c = 7.0
+  if name == "rpo":  # the NLL term is not reference-relative; shift only the reference
+    shifted = float(fn(LW, LL, RW + c, RL + c, **kw)[0])
+  else:
+    shifted = float(fn(LW + c, LL + c, RW + c, RL + c, **kw)[0])
+  assert shifted == pytest.approx(base, rel=1e-5)
+
+
+def test_simpo_and_orpo_ignore_the_reference():
+  kw = dict(len_w=LEN_W, len_l=LEN_L)
+  for name in po.REFERENCE_FREE:
+    a = float(po.PAIRED[name](LW, LL, RW, RL, **kw)[0])
+    b = float(po.PAIRED[name](LW, LL, RW - 100, RL + 50, **kw)[0])
+    assert a == b
+
+
+def test_cdpo_with_zero_smoothing_equals_dpo():
+  a = float(po.cdpo_loss(LW, LL, RW, RL, beta=0.3, label_smoothing=0.0)[0])
+  b = float(po.dpo_loss(LW, LL, RW, RL, beta=0.3)[0])
+  assert a == pytest.approx(b, rel=1e-7)
+
+
+def test_robust_dpo_is_unbiased_under_flipped_labels():
+  """E_flip[robust loss] with flip prob eps equals the clean DPO loss."""
+  eps, beta = 0.2, 0.5
+  clean = po.dpo_loss(LW, LL, RW, RL, beta=beta)[0]
+  kept = po.robust_dpo_loss(LW, LL, RW, RL, beta=beta, label_smoothing=eps)[0]
+  flipped = po.robust_dpo_loss(LL, LW, RL, RW, beta=beta, label_smoothing=eps)[0]
+  assert float((1 - eps) * kept + eps * flipped) == pytest.approx(float(clean), rel=1e-5)
+  with pytest.raises(ValueError, match="label_smoothing=0.5"):
+    po.robust_dpo_loss(LW, LL, RW, RL, label_smoothing=0.5)
+
+
+@pytest.mark.parametrize("name", sorted(po.PAIRED))
+def test_update_raises_chosen_and_lowers_rejected(name):
+  fn = po.PAIRED[name]
+  kw = dict(len_w=LEN_W, len_l=LEN_L)
+  gw, gl = jax.grad(lambda w, l: fn(w, l, RW, RL, **kw)[0], argnums=(0, 1))(LW, LL)
+  assert np.all(np.asarray(gw) <= 0) and np.any(np.asarray(gw) < 0)   # descent raises logp_w
+  assert np.all(np.asarray(gl) >= 0) and np.any(np.asarray(gl) > 0)    # and lowers logp_l
+  m = fn(LW, LL, RW, RL, **kw)[1]
+  for key in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
+    assert key in m
