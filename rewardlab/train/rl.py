@@ -7,14 +7,12 @@ resumed run repeats exactly what the uninterrupted run would have done.
 """
 from __future__ import annotations
 
-import copy
 import os
 import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -281,29 +279,13 @@ def _actor_critic(config, policy: Policy, mesh):
   return graphdef, {"policy": policy.params, "value_head": head}, head_def
 
 
-def warm_start(config, workdir: str):
-  """Runs (or resumes, or skips if finished) the SFT warm-up and returns its final params."""
-  wc = config.sft_warmup
-  if wc.steps <= 0:
-    return None
-  sft_config = copy.deepcopy(config)
-  sft_config.unlock()
-  sft_config.pipeline = "sft"
-  sft_config.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
-  sft_config.optim.lr = wc.lr
-  sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
-  sft_config.lock()
-  summary = sft.run(sft_config, os.path.join(workdir, "sft_warmup"))
-  return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None
-
-
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
   """stop_at_step: stop after that many RL iterations (simulated interruption)."""
   workdir = workdir or config.workdir
   rc, tc = config.rl, config.train
   mesh = make_mesh(dict(config.mesh))
   settings = objective_settings(config.objective)
-  warm = warm_start(config, workdir)
+  warm = sft.warm_start(config, workdir)
   policy = build_policy(config, mesh)
   if warm is not None:
     policy.params = warm[0]

@@ -1,7 +1,11 @@
 """Supervised fine-tuning pipeline on a synthetic task (the first main job)."""
 from __future__ import annotations
 
+import copy
+import os
+
 import jax
+import ml_collections
 import numpy as np
 
 from rewardlab.data import SequenceBatch, make_task, sft_batch
@@ -76,3 +80,20 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     final = summary["state"]
     summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
   return summary
+
+
+def warm_start(config, workdir: str):
+  """Runs (or resumes, or skips if finished) the SFT warm-up that RL and preference
+  pipelines start from. Returns (final params, held-out accuracy) or None if disabled."""
+  wc = config.get("sft_warmup")
+  if wc is None or wc.steps <= 0:
+    return None
+  sft_config = copy.deepcopy(config)
+  sft_config.unlock()
+  sft_config.pipeline = "sft"
+  sft_config.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
+  sft_config.optim.lr = wc.lr
+  sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
+  sft_config.lock()
+  summary = run(sft_config, os.path.join(workdir, "sft_warmup"))
+  return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None

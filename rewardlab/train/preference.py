@@ -1,0 +1,163 @@
+"""Offline preference optimization (DPO family) on the shared update step and loop.
+
+The dataset is a fixed list of pairs (synthetic gold-labelled pairs, or a JSONL file).
+The frozen reference's summed log-probs of every chosen/rejected completion are computed
+once, before training, and cached on the host (`ref_forward_passes` = 1 in the metrics);
+reference-free objectives (SimPO, ORPO) skip that pass. Evaluation compares greedy
+completions of the policy with those of the reference under the gold reward.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rewardlab.data import make_task, prompt_batch
+from rewardlab.data.preference import (PairBatch, gold_reward, load_preference_jsonl, pair_batch,
+                                       synthetic_pairs)
+from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE
+from rewardlab.ops import masked_sum
+from rewardlab.sampling import SamplingParams, make_sample_fn
+from rewardlab.sharding import make_mesh, shard_batch
+from rewardlab.train import sft
+from rewardlab.train.loop import fit
+from rewardlab.train.optim import make_optimizer
+from rewardlab.train.policy import build_policy
+from rewardlab.train.state import create_train_state
+
+HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha")
+
+
+def summed_logprobs(model, tokens, valid, loss_mask, chunk: int):
+  """Summed completion log-probs and completion lengths: [N, T] -> ([N], [N])."""
+  logps = sft.sequence_logprobs(model, tokens, valid, chunk)
+  mask = loss_mask[:, 1:]
+  return masked_sum(logps, mask, axis=-1), jnp.sum(mask, -1).astype(jnp.float32)
+
+
+def make_preference_loss_fn(objective_cfg, chunk: int):
+  fn = PAIRED[objective_cfg.name]
+  hp = {k: objective_cfg[k] for k in HYPERPARAMS if objective_cfg.get(k) is not None}
+
+  def loss_fn(model, batch: PairBatch, rng):
+    del rng
+    logps, lengths = summed_logprobs(model, batch.tokens, batch.valid, batch.loss_mask, chunk)
+    b = logps.shape[0] // 2
+    return fn(logps[:b], logps[b:], batch.ref_logps[:b], batch.ref_logps[b:],
+              len_w=lengths[:b], len_l=lengths[b:], **hp)
+  return loss_fn
+
+
+def load_pairs(config, task):
+  dc = config.data
+  if dc.get("pref_path"):
+    return load_preference_jsonl(dc.pref_path)
+  return synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
+                         label_noise=dc.label_noise, p_answer=dc.p_answer)
+
+
+def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk):
+  """One pass of the frozen reference over the dataset -> [N, 2] (chosen, rejected)."""
+  @jax.jit
+  def score(params, tokens, valid, mask):
+    return summed_logprobs(nnx.merge(graphdef, params), tokens, valid, mask, chunk)[0]
+
+  out = np.zeros((len(pairs), 2), np.float32)
+  for s in range(0, len(pairs), batch_size):
+    chunk_pairs = list(pairs[s:s + batch_size])
+    n = len(chunk_pairs)
+    chunk_pairs += [chunk_pairs[-1]] * (batch_size - n)   # static shapes
+    b = pair_batch(chunk_pairs, tokenizer, seq_len)
+    got = np.asarray(score(ref_params, *shard_batch((b.tokens, b.valid, b.loss_mask), mesh)))
+    out[s:s + n, 0], out[s:s + n, 1] = got[:batch_size][:n], got[batch_size:][:n]
+  return out
+
+
+def make_gold_evaluator(config, policy, ref_params, mesh):
+  """Gold reward of greedy completions on held-out prompts, win rate vs the reference's
+  greedy completions (ties count 1/2), exact-match accuracy, and a sampled KL(pi || ref)."""
+  ec, tok = config.eval, policy.tokenizer
+  task = make_task(config.data.task, **config.data.task_kwargs)
+  problems = task.sample_many(np.random.default_rng(ec.seed), ec.num_problems, split="eval")
+  pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
+  tokens, valid = shard_batch((pb.tokens, pb.valid), mesh)
+  greedy = make_sample_fn(policy.graphdef, SamplingParams(ec.max_new_tokens, temperature=0.0,
+                                                          stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
+  sample = make_sample_fn(policy.graphdef, SamplingParams(ec.max_new_tokens, temperature=1.0,
+                                                          stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
+
+  @jax.jit
+  def logps_under(params, full_tokens, full_valid):
+    from rewardlab.train.rl import completion_logprobs
+    return completion_logprobs(nnx.merge(policy.graphdef, params), full_tokens, full_valid,
+                               ec.max_new_tokens)
+
+  def golds(params):
+    texts = tok.decode_batch(np.asarray(greedy(params, tokens, valid, jax.random.PRNGKey(0)).tokens))
+    return np.array([gold_reward(t, p.answer) for t, p in zip(texts, problems)]), texts
+
+  ref_gold, _ = golds(ref_params)
+
+  def evaluate(state):
+    params = policy.full_params(state.params, state.frozen["base"])
+    gold, texts = golds(params)
+    out = jax.device_get(sample(params, tokens, valid, jax.random.PRNGKey(ec.seed)))
+    full = shard_batch((np.concatenate([pb.tokens, out.tokens], 1),
+                        np.concatenate([pb.valid, out.mask], 1)), mesh)
+    ref_lp = np.asarray(logps_under(ref_params, *full))
+    kl = float(np.mean(np.sum((out.logps_model - ref_lp) * out.mask, -1)))
+    win = np.mean((gold > ref_gold) + 0.5 * (gold == ref_gold))
+    return {"gold_reward": float(gold.mean()), "gold_reward_ref": float(ref_gold.mean()),
+            "win_rate_vs_ref": float(win), "kl_to_ref": kl,
+            "accuracy": float(np.mean([task.verify(t, p.answer) for t, p in zip(texts, problems)])),
+            "examples": [f"{p.prompt}{t}" for p, t in zip(problems[:3], texts)]}
+  return evaluate
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  mesh = make_mesh(dict(config.mesh))
+  dc, tc = config.data, config.train
+  task = make_task(dc.task, **dc.task_kwargs)
+  warm = sft.warm_start(config, workdir)
+  policy = build_policy(config, mesh)
+  if warm is not None:
+    policy.params = warm[0]
+  ref = jax.tree.map(jnp.copy, policy.full_params())  # the frozen reference (own buffers)
+  pairs = load_pairs(config, task)
+  if len(pairs) < dc.batch_size:
+    raise ValueError(f"preference data: {len(pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
+  if config.objective.name in REFERENCE_FREE:
+    ref_cache, passes = np.zeros((len(pairs), 2), np.float32), 0
+  else:
+    ref_cache = reference_logps(policy.graphdef, ref, pairs, policy.tokenizer, dc.seq_len,
+                                dc.batch_size, mesh, tc.logprob_chunk)
+    passes = 1
+  optimizer, schedule = make_optimizer(config.optim, tc.steps)
+  state = create_train_state(policy.params, optimizer, mesh, config.seed,
+                             frozen={"base": policy.frozen})
+  merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
+  steps_per_epoch = len(pairs) // dc.batch_size
+
+  def batch_at(i: int) -> PairBatch:
+    epoch, k = divmod(i, steps_per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(pairs))
+    idx = order[k * dc.batch_size:(k + 1) * dc.batch_size]
+    ref_pair = ref_cache[idx]
+    return pair_batch([pairs[j] for j in idx], policy.tokenizer, dc.seq_len,
+                      np.concatenate([ref_pair[:, 0], ref_pair[:, 1]]))
+
+  loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
+
+  def with_cache_metric(model, batch, rng):
+    loss, metrics = loss_fn(model, batch, rng)
+    return loss, dict(metrics, ref_forward_passes=jnp.float32(passes))
+
+  summary = fit(config, workdir, mesh, policy.graphdef, state, with_cache_metric, optimizer,
+                schedule, batch_at, make_gold_evaluator(config, policy, ref, mesh),
+                stop_at_step=stop_at_step, merge=merge,
+                plot_panels=(("train", "loss"), ("train", "reward_margin"), ("eval", "gold_reward"),
+                             ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
+  summary["num_pairs"] = len(pairs)
+  return summary

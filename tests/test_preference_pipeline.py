@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from helpers import load_config
+from rewardlab.data import make_task
+from rewardlab.data.preference import (corrupt_answer, gold_reward, load_preference_jsonl,
+                                       synthetic_pairs)
+from rewardlab.objectives import OBJECTIVES
+from rewardlab.train import PIPELINES, preference, validate
+
+
+def test_gold_reward_and_synthetic_pairs():
+  assert gold_reward("123", "123") == 1.0
+  assert gold_reward("124", "123") == pytest.approx(0.5 * 2 / 3)
+  assert gold_reward("23", "123") == pytest.approx(0.5 * 2 / 3 - 0.1)
+  rng = np.random.default_rng(0)
+  assert all(corrupt_answer("57", rng) != "57" for _ in range(200))
+  task = make_task("addition")
+  pairs = synthetic_pairs(task, np.random.default_rng(0), 200)
+  assert all(p.chosen != p.rejected for p in pairs)
+  gold = lambda text, prompt: gold_reward(text, str(eval(prompt[:-1])))
+  assert all(gold(p.chosen, p.prompt) > gold(p.rejected, p.prompt) for p in pairs)
+  noisy = synthetic_pairs(task, np.random.default_rng(0), 400, label_noise=0.3)
+  flipped = np.mean([gold(p.chosen, p.prompt) < gold(p.rejected, p.prompt) for p in noisy])
+  assert 0.2 < flipped < 0.4
+
+
+def test_jsonl_loader_names_file_line_and_field(tmp_path):
+  good = tmp_path / "good.jsonl"
+  good.write_text(json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3", "subset": "math"}) + "\n\n")
+  [pair] = load_preference_jsonl(str(good))
+  assert pair.chosen == "2" and pair.subset == "math"
+  cases = [('{"prompt": "1+1=", "chosen": "2"}', "bad.jsonl:2: missing or non-string field 'rejected'"),
+           ('{"prompt": "1+1=", "chosen": "2", "rejected": "2"}', "bad.jsonl:2: chosen equals rejected"),
+           ('{"prompt": "1+1=", "chosen": "", "rejected": "2"}', "bad.jsonl:2: empty completion"),
+           ('{"prompt": "1+1=", "chosen": "2", ', "bad.jsonl:2: not valid JSON")]
+  for line, message in cases:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=message):
+      load_preference_jsonl(str(bad))
+
+
+def _micro(objective="dpo"):
+  c = load_config("dpo_synthetic", "tiny")
+  c.objective.name = objective
+  c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
+  c.sft_warmup.steps = 4
+  c.data.update(num_pairs=32, batch_size=8)
+  c.train.update(steps=4, log_every=1, eval_every=2, checkpoint_every=2, progress=False,
+                 tensorboard=False)
+  c.eval.update(num_problems=8, batch_size=8, max_new_tokens=3)
+  return c
+
+
+def test_reference_is_computed_once_and_skipped_when_reference_free(tmp_path):
+  dpo = preference.run(_micro("dpo"), str(tmp_path / "dpo"))
+  simpo = preference.run(_micro("simpo"), str(tmp_path / "simpo"))
+  train = lambda s: [r for r in s["records"] if r["split"] == "train"]
+  assert all(r["ref_forward_passes"] == 1.0 for r in train(dpo))
+  assert all(r["ref_forward_passes"] == 0.0 for r in train(simpo))
+  # step 1 of DPO: policy == reference, so implicit rewards start at exactly 0
+  assert train(dpo)[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_preference_data_errors(tmp_path):
+  c = _micro()
+  c.data.num_pairs = 4
+  with pytest.raises(ValueError, match="4 pairs, fewer than data.batch_size=8"):
+    preference.run(c, str(tmp_path / "few"))
+  c = _micro()
+  bad = tmp_path / "pairs.jsonl"
+  bad.write_text('{"prompt": "1+1=", "chosen": "2"}\n')
+  c.data.pref_path = str(bad)
+  with pytest.raises(ValueError, match="pairs.jsonl:1: missing or non-string field 'rejected'"):
+    preference.run(c, str(tmp_path / "bad"))
+  c = _micro()
+  c.data.pref_path = ""
+  c.objective.name = "grpo"
+  from rewardlab.train import ConfigError
+  with pytest.raises(ConfigError, match="objective.name: 'grpo' is not allowed"):
+    validate(c, OBJECTIVES, PIPELINES, n_devices=1)
+
+
+@pytest.mark.slow
+def test_dpo_tiny_raises_gold_reward_over_reference(tmp_path):
+  """Tiny config: SFT warm-up (300 steps), then 100 DPO steps on 1024 gold-labelled pairs.
+  Measured on the 2-core CPU: gold reward of greedy answers 0.439 (reference) -> 0.480,
+  win rate 0.53 vs the reference, implicit-reward accuracy ~0.9."""
+  config = load_config("dpo_synthetic", "tiny")
+  config.train.update(progress=False, tensorboard=False)
+  summary = preference.run(config, str(tmp_path))
+  end = summary["evals"][-1]
+  assert end["gold_reward"] >= end["gold_reward_ref"] + 0.02, end
+  assert end["win_rate_vs_ref"] > 0.5
+  train = [r for r in summary["records"] if r["split"] == "train"]
+  assert train[-1]["reward_accuracy"] > 0.7 and train[-1]["reward_margin"] > train[0]["reward_margin"]
