@@ -26,7 +26,7 @@ _MASKED = -1e30  # finite so that fully masked (padding) rows give no NaN
 class KVCache(NamedTuple):
   """Preallocated keys/values for all layers.
 
-  k, v:  L-tuples of [B, S, KV, Dh] cached keys/values (RoPE already applied to k); one
+  k, v:  L-tuples of [B, KV, S, Dh] cached keys/values (RoPE already applied to k); one
          buffer per layer so a decode step updates each in place, never restacking
   valid: [B, S] bool         slot holds a real (non-padding) token
   index: [] int32            next slot to write
@@ -45,7 +45,7 @@ class ModelOutput(NamedTuple):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
   dtype = dtype or cfg.jnp_dtype
-  shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
   zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
   return KVCache(k=zeros(), v=zeros(),
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
@@ -132,7 +132,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x, positions, key_valid, query_slot, kv_cache):
     """x: [B, T, D]; positions: [B, T]; key_valid: [B, S]; query_slot: [T] slot of each
-    query; kv_cache: None or (k, v) [B, S, KV, Dh] to write into at query_slot[0]."""
+    query; kv_cache: None or (k, v) [B, KV, S, Dh] to write into at query_slot[0]."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
@@ -143,23 +143,28 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = rope_inv_freq(cfg)
     q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+    # keys/values live as [B, KV, S, Dh]: (batch, head) lead, so neither the cache update
+    # nor the attention contractions need a per-step transpose of the whole cache
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if kv_cache is not None:
-      start = (0, query_slot[0], 0, 0)
+      start = (0, 0, query_slot[0], 0)
       k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), start)
       v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), start)
       new_cache = (k, v)
     else:
       new_cache = None
     b, t, h, hd = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, t, kvh, h // kvh, hd)  # grouped-query: G query heads share one kv head
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dt),
+    kvh = k.shape[1]
+    # grouped-query: G = h // kvh query heads share one kv head
+    q = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)          # [B, KV, G, T, Dh]
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(dt),
                         preferred_element_type=jnp.float32) * (hd ** -0.5)
-    slots = jnp.arange(k.shape[1])
+    slots = jnp.arange(k.shape[2])
     mask = key_valid[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])  # [B,T,S]
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(b, t, h, hd)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
 
 
