@@ -217,33 +217,22 @@ class RolloutWorker:
 
 def _select_groups(pieces, keep, num_prompts, g):
   """First num_prompts kept groups across rounds; pad with dropped groups (flag False)."""
-  rows, flags = [], []
-  for (pb, out, rew), k in zip(pieces, keep):
-    for i, ok in enumerate(k):
-      rows.append((pb, out, rew, i))
-      flags.append(bool(ok))
-  order = [i for i, f in enumerate(flags) if f] + [i for i, f in enumerate(flags) if not f]
-  chosen = order[:num_prompts]
-  take = lambda get: np.stack([get(*rows[c]) for c in chosen])
-  tokens = take(lambda pb, out, rew, i: pb.tokens[i])
-  valid = take(lambda pb, out, rew, i: pb.valid[i])
-  cat = lambda get: np.concatenate([get(*rows[c]) for c in chosen])
-  sl = lambda i: slice(i * g, (i + 1) * g)
-  out = type(pieces[0][1])(
-      tokens=cat(lambda pb, o, rew, i: o.tokens[sl(i)]), mask=cat(lambda pb, o, rew, i: o.mask[sl(i)]),
-      logps=cat(lambda pb, o, rew, i: o.logps[sl(i)]),
-      logps_model=cat(lambda pb, o, rew, i: o.logps_model[sl(i)]),
-      lengths=cat(lambda pb, o, rew, i: o.lengths[sl(i)]), steps=pieces[0][1].steps)
-  rewards = cat(lambda pb, o, rew, i: rew[sl(i)])
-  pb = type(pieces[0][0])(tokens, valid)
-  return pb, out, rewards, np.array([flags[c] for c in chosen])
+  pbs, outs, rewards = zip(*pieces)
+  flags = np.concatenate(keep)
+  order = np.concatenate([np.flatnonzero(flags), np.flatnonzero(~flags)])[:num_prompts]
+  rows = (order[:, None] * g + np.arange(g)).reshape(-1)   # the groups' sample rows
+  pb = type(pbs[0])(*(np.concatenate(field)[order] for field in zip(*pbs)))
+  per_row = [np.concatenate(field)[rows] for field in zip(*(o[:-1] for o in outs))]
+  out = type(outs[0])(*per_row, steps=outs[0].steps)
+  return pb, out, np.concatenate(rewards)[rows], flags[order]
 
 
 def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p):
   """Greedy held-out accuracy plus unbiased pass@k from n samples per problem.
   `policy_part(state.params)` picks the policy's trainable params (PPO also trains a value head)."""
-  greedy = sft.make_accuracy_evaluator(config, policy, make_task(config.data.task, **config.data.task_kwargs), mesh)
-  ec, task, tok = config.eval, make_task(config.data.task, **config.data.task_kwargs), policy.tokenizer
+  ec, tok = config.eval, policy.tokenizer
+  task = make_task(config.data.task, **config.data.task_kwargs)
+  greedy = sft.make_accuracy_evaluator(config, policy, task, mesh)
   problems = task.sample_many(np.random.default_rng(ec.seed + 1), ec.passk_problems, split="eval")
   sp = SamplingParams(max_new_tokens=config.rl.max_new_tokens, n=ec.pass_n, temperature=1.0,
                       stop_ids=(tok.eos_id,))
