@@ -26,6 +26,9 @@ def get_config(variant: str = "", objective: str = "grpo"):
   c.rl = ml_collections.ConfigDict(dict(
       num_prompts=64, group_size=8, max_new_tokens=6, temperature=1.0, top_p=1.0, epochs=1,
       minibatch_size=256, max_refill_rounds=2,
+      # a trained RM (`<rm workdir>/reward_model` or a HF seq-cls folder) adds the reward
+      # "reward_model" usable in `rewards`, e.g. --config.rl.rewards.reward_model=1.0
+      reward_model_path="",
       rewards=ml_collections.ConfigDict({"exact_answer": 1.0, "format": 0.1})))
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)

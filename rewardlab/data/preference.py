@@ -1,5 +1,11 @@
-"""Preference data: the prompt/chosen/rejected shape, JSONL loading with file:line errors,
-synthetic pairs labelled by a known gold reward, and paired batching.
+"""Preference data: the prompt/chosen/rejected shape, JSONL / Parquet loading with
+file:line errors, synthetic pairs labelled by a known gold reward (with label noise, ties,
+a spurious length correlate, attribute ratings and step labels), and paired batching.
+
+Row fields: prompt, chosen, rejected (required, non-empty strings, chosen != rejected);
+optional margin (float), subset, category (str), tie (bool), chosen_ratings /
+rejected_ratings (lists of floats, one per attribute), chosen_steps / rejected_steps
+(lists of 0/1 labels, one per reasoning step).
 """
 from __future__ import annotations
 
@@ -17,6 +23,12 @@ class PreferencePair(NamedTuple):
   rejected: str
   margin: float | None = None
   subset: str | None = None
+  category: str | None = None
+  tie: bool = False
+  chosen_ratings: tuple | None = None
+  rejected_ratings: tuple | None = None
+  chosen_steps: tuple | None = None
+  rejected_steps: tuple | None = None
 
 
 class PairBatch(NamedTuple):
@@ -30,11 +42,43 @@ class PairBatch(NamedTuple):
 
 
 REQUIRED = ("prompt", "chosen", "rejected")
+_LISTS = ("chosen_ratings", "rejected_ratings", "chosen_steps", "rejected_steps")
+
+
+def pair_from_row(row, where: str) -> PreferencePair:
+  """Validates one row (a dict) into a PreferencePair; errors name `where` and the field."""
+  if not isinstance(row, dict):
+    raise ValueError(f"{where}: expected an object with fields {list(REQUIRED)}, got {type(row).__name__}")
+  for field in REQUIRED:
+    if not isinstance(row.get(field), str):
+      raise ValueError(f"{where}: missing or non-string field {field!r}")
+  if not row["chosen"] or not row["rejected"]:
+    raise ValueError(f"{where}: empty completion")
+  if row["chosen"] == row["rejected"]:
+    raise ValueError(f"{where}: chosen equals rejected")
+  margin = row.get("margin")
+  if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+    raise ValueError(f"{where}: field 'margin' must be a number, got {margin!r}")
+  for field in ("subset", "category"):
+    if row.get(field) is not None and not isinstance(row[field], str):
+      raise ValueError(f"{where}: field {field!r} must be a string, got {row[field]!r}")
+  lists = {}
+  for field in _LISTS:
+    v = row.get(field)
+    if v is not None:
+      v = list(v) if not isinstance(v, (str, bytes)) and hasattr(v, "__iter__") else v
+      if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"{where}: field {field!r} must be a list of numbers, got {row[field]!r}")
+      v = tuple(float(x) for x in v)
+    lists[field] = v
+  return PreferencePair(row["prompt"], row["chosen"], row["rejected"],
+                        None if margin is None else float(margin), row.get("subset"),
+                        row.get("category"), bool(row.get("tie") or False), **lists)
 
 
 def load_preference_jsonl(path: str) -> list[PreferencePair]:
-  """Reads {"prompt", "chosen", "rejected"[, "margin", "subset"]} lines.
-  A malformed line raises ValueError naming file:line and the problem; nothing is skipped."""
+  """Reads one JSON object per line. A malformed line raises ValueError naming file:line and
+  the problem; nothing is skipped."""
   pairs = []
   with open(path) as f:
     for lineno, line in enumerate(f, 1):
@@ -44,18 +88,25 @@ def load_preference_jsonl(path: str) -> list[PreferencePair]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-      for field in REQUIRED:
-        if not isinstance(row.get(field), str):
-          raise ValueError(f"{path}:{lineno}: missing or non-string field {field!r}")
-      if row["chosen"] == row["rejected"]:
-        raise ValueError(f"{path}:{lineno}: chosen equals rejected")
-      if not row["chosen"] or not row["rejected"]:
-        raise ValueError(f"{path}:{lineno}: empty completion")
-      pairs.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"],
-                                  row.get("margin"), row.get("subset")))
+      pairs.append(pair_from_row(row, f"{path}:{lineno}"))
   return pairs
+
+
+def load_preference_parquet(path: str) -> list[PreferencePair]:
+  """Reads a Parquet table with the same columns; errors name file:row (1-based)."""
+  import pyarrow.parquet as pq
+  rows = pq.read_table(path).to_pylist()
+  return [pair_from_row({k: v for k, v in row.items() if v is not None}, f"{path}:row {i}")
+          for i, row in enumerate(rows, 1)]
+
+
+def load_preferences(path: str) -> list[PreferencePair]:
+  """JSONL (.jsonl/.json) or Parquet (.parquet) by extension."""
+  if path.endswith(".parquet"):
+    return load_preference_parquet(path)
+  if path.endswith((".jsonl", ".json")):
+    return load_preference_jsonl(path)
+  raise ValueError(f"{path}: unknown preference file type; expected .jsonl or .parquet")
 
 
 def gold_reward(completion: str, answer: str) -> float:
@@ -111,3 +162,146 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
   b = sft_batch(rows, tokenizer, seq_len)
   ref = np.zeros((2 * len(pairs),), np.float32) if ref_logps is None else ref_logps
   return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32))
+
+
+# --- synthetic reward-model data -----------------------------------------------------------
+
+ATTRIBUTES = ("correctness", "format", "verbosity")   # ratings of the synthetic data
+STEP_SEPARATOR = ";"
+
+
+def verbose_suffix(rng: np.random.Generator) -> str:
+  """Filler after the answer line: longer, never changes the gold reward (first line only)."""
+  return "\n" + "." * int(rng.integers(1, 4))
+
+
+def step_text(digits: str) -> str:
+  """A completion written as one step per digit, least significant first (the order column
+  addition produces them): '123' -> '3;2;1;'."""
+  return "".join(d + STEP_SEPARATOR for d in reversed(digits))
+
+
+def step_labels(digits: str, answer: str) -> tuple:
+  """Labels of the steps of `step_text(digits)`: step k is correct iff the k+1 lowest
+  digits are right; the last step is correct only if the whole answer is (no digit missing
+  or extra). These agree with `gold_reward`'s right-aligned partial credit."""
+  rd, ra = digits[::-1], answer[::-1]
+  labels = [float(rd[:k + 1] == ra[:k + 1]) for k in range(len(rd))]
+  labels[-1] = float(digits == answer)
+  return tuple(labels)
+
+
+def _ratings(text: str, answer: str) -> tuple:
+  first = text.split("\n", 1)[0]
+  return (gold_reward(text, answer), float(first.isdigit()), float(len(text) - len(first)) / 3.0)
+
+
+def _pair(problem, chosen: str, rejected: str, margin, subset, category, steps: bool,
+          tie: bool = False) -> PreferencePair:
+  """Attaches ratings (or, for step-formatted text, step labels) computed from the text."""
+  if steps:
+    digits = [t.split("\n", 1)[0].replace(STEP_SEPARATOR, "")[::-1] for t in (chosen, rejected)]
+    labels = [step_labels(d, problem.answer) for d in digits]
+    return PreferencePair(problem.prompt, chosen, rejected, margin, subset, category, tie,
+                          chosen_steps=labels[0], rejected_steps=labels[1])
+  return PreferencePair(problem.prompt, chosen, rejected, margin, subset, category, tie,
+                        _ratings(chosen, problem.answer), _ratings(rejected, problem.answer))
+
+
+def synthetic_rm_pairs(task: Task, rng: np.random.Generator, n: int, *, split: str = "train",
+                       label_noise: float = 0.0, length_bias: float = 0.0, tie_frac: float = 0.0,
+                       p_answer: float = 0.5, rejected_per_prompt: int = 1, length_trap: float = 0.0,
+                       steps: bool = False) -> list[PreferencePair]:
+  """Gold-labelled pairs for reward modelling.
+
+  Each prompt gets a chosen response (the answer with prob `p_answer`, else a corruption)
+  and `rejected_per_prompt` lower-gold corruptions (3 gives RewardBench's best-of-4 groups).
+  Spurious correlate: every response gets a verbose suffix with prob 1/2, except that with
+  prob `length_bias` the chosen is made verbose and the rejected terse (train-time
+  correlation), and with prob `length_trap` the reverse (the held-out "length_trap" subset).
+  `tie_frac` of rows are ties (the same answer, with and without the suffix); labels of
+  non-tied pairs flip with prob `label_noise`. `steps=True` writes completions as
+  'd;d;d;' with per-step labels for process reward models.
+  Subsets: answer_vs_wrong / wrong_vs_wrong / length_trap / tie; category: answer length.
+  """
+  pairs = []
+  while len(pairs) < n:
+    p = task.sample(rng, split)
+    category = f"{len(p.answer)}-digit"
+    render = step_text if steps else (lambda d: d)
+    if rng.random() < tie_frac:
+      a = render(p.answer if rng.random() < p_answer else corrupt_answer(p.answer, rng))
+      pairs.append(_pair(p, a + verbose_suffix(rng), a, 0.0, "tie", category, steps, tie=True))
+      continue
+    good = p.answer if rng.random() < p_answer else corrupt_answer(p.answer, rng)
+    bads = []
+    for _ in range(50 * rejected_per_prompt):
+      b = corrupt_answer(p.answer, rng)
+      if b not in bads and gold_reward(b, p.answer) < gold_reward(good, p.answer):
+        bads.append(b)
+      if len(bads) == rejected_per_prompt:
+        break
+    if len(bads) < rejected_per_prompt:
+      continue
+    u = rng.random()
+    for b in bads:
+      subset = "answer_vs_wrong" if good == p.answer else "wrong_vs_wrong"
+      c_text, r_text = render(good), render(b)
+      if u < length_bias:
+        c_text += verbose_suffix(rng)
+      elif u < length_bias + length_trap:
+        r_text += verbose_suffix(rng)
+        subset = "length_trap"
+      else:
+        c_text += verbose_suffix(rng) if rng.random() < 0.5 else ""
+        r_text += verbose_suffix(rng) if rng.random() < 0.5 else ""
+      margin = gold_reward(good, p.answer) - gold_reward(b, p.answer)
+      if rng.random() < label_noise:
+        c_text, r_text = r_text, c_text
+      pairs.append(_pair(p, c_text, r_text, margin, subset, category, steps))
+  return pairs[:n]
+
+
+class RMBatch(NamedTuple):
+  """Chosen rows [0, B) then rejected rows [B, 2B) of right-padded `BOS prompt completion EOS`.
+
+  tokens/valid [2B, T]; completion_start [2B] (first completion token); margin/tie [B];
+  ratings/ratings_mask [2B, k] (attribute ratings where given); steps/steps_mask [2B, S]
+  (step labels where given)."""
+  tokens: np.ndarray
+  valid: np.ndarray
+  completion_start: np.ndarray
+  margin: np.ndarray
+  tie: np.ndarray
+  ratings: np.ndarray
+  ratings_mask: np.ndarray
+  steps: np.ndarray
+  steps_mask: np.ndarray
+
+
+def _fill(rows, width: int, what: str, where: str):
+  out = np.zeros((len(rows), width), np.float32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, v in enumerate(rows):
+    if v is None:
+      continue
+    if len(v) > width:
+      raise ValueError(f"rm_batch: {where} row {i}: {len(v)} {what}, over the configured {width}")
+    out[i, :len(v)] = v
+    mask[i, :len(v)] = True
+  return out, mask
+
+
+def rm_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int, num_attributes: int = 0,
+             max_steps: int = 0) -> RMBatch:
+  from rewardlab.data.batching import sft_batch
+  rows = [Problem(p.prompt, p.chosen) for p in pairs] + [Problem(p.prompt, p.rejected) for p in pairs]
+  b = sft_batch(rows, tokenizer, seq_len)
+  start = np.argmax(b.loss_mask, axis=1).astype(np.int32)
+  ratings, rmask = _fill([p.chosen_ratings for p in pairs] + [p.rejected_ratings for p in pairs],
+                         num_attributes, "ratings", "attribute")
+  steps, smask = _fill([p.chosen_steps for p in pairs] + [p.rejected_steps for p in pairs],
+                       max_steps, "step labels", "step")
+  margin = np.array([p.margin or 0.0 for p in pairs], np.float32)
+  tie = np.array([p.tie for p in pairs], bool)
+  return RMBatch(b.tokens, b.valid, start, margin, tie, ratings, rmask, steps, smask)

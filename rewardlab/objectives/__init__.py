@@ -1,9 +1,10 @@
 """Pure objectives: functions of arrays returning (loss, metrics); one registry per family."""
-from rewardlab.objectives import policy_gradient, preference, sft
+from rewardlab.objectives import policy_gradient, preference, reward_model, sft
 
-OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES, **preference.OBJECTIVES}
+OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES, **preference.OBJECTIVES,
+              **reward_model.OBJECTIVES}
 # which objectives each pipeline accepts
 PIPELINE_OBJECTIVES = {"sft": sorted(sft.OBJECTIVES), "rl": sorted(policy_gradient.PG_OBJECTIVES),
-                       "dpo": sorted(preference.PAIRED)}
+                       "dpo": sorted(preference.PAIRED), "rm": sorted(reward_model.OBJECTIVES)}
 
 __all__ = ["OBJECTIVES", "PIPELINE_OBJECTIVES"]

@@ -41,14 +41,16 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 
-def combine(weights: Mapping[str, float]) -> RewardFn:
-  """Weighted sum of named rewards; also returns each component via `.components`."""
-  unknown = sorted(set(weights) - set(REWARDS))
+def combine(weights: Mapping[str, float], extra: Mapping[str, RewardFn] | None = None) -> RewardFn:
+  """Weighted sum of named rewards; also returns each component via `.components`.
+  `extra` adds run-specific reward functions (e.g. a loaded reward model) by name."""
+  table = {**REWARDS, **(extra or {})}
+  unknown = sorted(set(weights) - set(table))
   if unknown:
-    raise ValueError(f"rewards: unknown {unknown}; allowed: {sorted(REWARDS)}")
+    raise ValueError(f"rewards: unknown {unknown}; allowed: {sorted(table)}")
 
   def reward(completions, problems, lengths):
-    parts = {name: REWARDS[name](completions, problems, lengths) for name in weights}
+    parts = {name: np.asarray(table[name](completions, problems, lengths), np.float32) for name in weights}
     total = sum(w * parts[name] for name, w in weights.items())
     reward.components = parts
     return np.asarray(total, np.float32)

@@ -112,6 +112,8 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   n_batch = math.prod(shape[a] for a in BATCH_AXES)
   if config.pipeline == "rl":
     _validate_rl(config, model, n_batch)
+  if config.pipeline == "rm":
+    _validate_rm(config)
   for field in ("data.batch_size", "eval.batch_size"):
     section, name = field.split(".")
     _check(config[section][name] % n_batch == 0, field,
@@ -135,9 +137,32 @@ def _validate_rl(config, model, n_batch: int):
   total = config.eval.max_prompt_len + rc.max_new_tokens
   _check(total <= model.max_seq_len, "rl.max_new_tokens",
          f"eval.max_prompt_len + rl.max_new_tokens = {total} is over model.max_seq_len={model.max_seq_len}")
-  bad = sorted(set(rc.rewards) - set(REWARDS))
-  _check(not bad, "rl.rewards", f"{bad} not allowed; allowed: {sorted(REWARDS)}")
+  allowed = set(REWARDS) | ({"reward_model"} if rc.get("reward_model_path") else set())
+  bad = sorted(set(rc.rewards) - allowed)
+  _check(not bad, "rl.rewards", f"{bad} not allowed; allowed: {sorted(allowed)}"
+         + ("" if rc.get("reward_model_path") else " ('reward_model' needs rl.reward_model_path)"))
+  if rc.get("reward_model_path"):
+    path = rc.reward_model_path
+    _check(os.path.exists(os.path.join(path, "rm.json")) or os.path.exists(os.path.join(path, "config.json")),
+           "rl.reward_model_path", f"{path!r} has no rm.json (rewardlab RM export) or config.json (HF)")
   _check(rc.epochs >= 1, "rl.epochs", f"{rc.epochs} must be >= 1")
   _check(0 < rc.top_p <= 1, "rl.top_p", f"{rc.top_p} must be in (0, 1]")
   _check(config.eval.pass_n >= max(config.eval.pass_k), "eval.pass_k",
          f"{tuple(config.eval.pass_k)} has k over eval.pass_n={config.eval.pass_n}")
+
+
+def _validate_rm(config):
+  from rewardlab.models.reward_model import HeadConfig
+  _check("rm" in config, "rm", "missing section (reward-model head and loss settings)")
+  fields = dict(config.rm.head)
+  if fields.get("type") == "process":
+    fields["sep_id"] = 0   # resolved from the tokenizer when the model is built
+  try:
+    HeadConfig.from_mapping(fields)
+  except ValueError as e:
+    raise ConfigError(f"config.rm.{e}") from None
+  _check(0.0 <= config.rm.label_smoothing < 0.5, "rm.label_smoothing",
+         f"{config.rm.label_smoothing} must be in [0, 0.5)")
+  for field in ("label_noise", "length_bias", "tie_frac"):
+    v = config.data.get(field, 0.0)
+    _check(0.0 <= v <= 1.0, f"data.{field}", f"{v} must be in [0, 1]")

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import make_task, prompt_batch
-from rewardlab.data.preference import (PairBatch, gold_reward, load_preference_jsonl, pair_batch,
+from rewardlab.data.preference import (PairBatch, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE
 from rewardlab.ops import masked_sum
@@ -52,7 +52,7 @@ def make_preference_loss_fn(objective_cfg, chunk: int):
 def load_pairs(config, task):
   dc = config.data
   if dc.get("pref_path"):
-    return load_preference_jsonl(dc.pref_path)
+    return load_preferences(dc.pref_path)
   return synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
                          label_noise=dc.label_noise, p_answer=dc.p_answer)
 

@@ -130,6 +130,15 @@ def compute_advantages(settings, rewards, group_size, logp_old, logp_ref, mask):
   return jnp.broadcast_to(adv[:, None], mask.shape) * mask
 
 
+def reward_model_rewards(config, mesh) -> dict:
+  """{"reward_model": fn} when config.rl.reward_model_path names a trained RM, else {}."""
+  path = config.rl.get("reward_model_path", "")
+  if not path:
+    return {}
+  from rewardlab.rewards.reward_model import RewardModelScorer, rm_reward
+  return {"reward_model": rm_reward(RewardModelScorer(path, mesh), config.rl.group_size)}
+
+
 class RolloutWorker:
   """Samples groups, scores them, and builds `Rollout`s (host side + jitted pieces)."""
 
@@ -137,7 +146,7 @@ class RolloutWorker:
     rc = config.rl
     self.config, self.policy, self.mesh, self.settings = config, policy, mesh, settings
     self.task = make_task(config.data.task, **config.data.task_kwargs)
-    self.reward_fn = combine(dict(rc.rewards))
+    self.reward_fn = combine(dict(rc.rewards), extra=reward_model_rewards(config, mesh))
     sp = SamplingParams(max_new_tokens=rc.max_new_tokens, n=rc.group_size,
                         temperature=rc.temperature, top_p=rc.top_p,
                         stop_ids=(policy.tokenizer.eos_id,))

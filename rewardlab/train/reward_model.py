@@ -1,0 +1,235 @@
+"""Reward-model training (pipeline "rm") on the shared update step and offline loop.
+
+Data: synthetic gold-labelled pairs (`synthetic_rm_pairs`) or local JSONL/Parquet files
+(`data.pref_path`, `data.eval_path`). Every head type trains with its objective from
+`objectives/reward_model.py`; evaluation writes the RewardBench-style report
+(`rm_eval.md` / `rm_eval.json`) and the final model is exported to `<workdir>/reward_model`
+(params + `rm.json`), which `rewardlab.rewards.reward_model.RewardModelScorer` loads as an
+online reward for RL and best-of-n.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from rewardlab.data import load_tokenizer, make_task
+from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
+                                       synthetic_rm_pairs)
+from rewardlab.eval.reward_model import rm_report, write_report
+from rewardlab.models import hf as hf_io
+from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, response_scores, split_pairs
+from rewardlab.objectives import reward_model as rmo
+from rewardlab.sharding import LOGICAL_RULES, make_mesh, shard_batch
+from rewardlab.train import sft
+from rewardlab.train.loop import fit
+from rewardlab.train.optim import make_optimizer
+from rewardlab.train.policy import model_fields, resolve_model_config
+from rewardlab.train.state import create_train_state, init_params
+
+
+def head_config(config, tokenizer) -> HeadConfig:
+  """config.rm.head -> HeadConfig; the process head's separator id comes from the tokenizer."""
+  fields = dict(config.rm.head)
+  if fields.get("type") == "process":
+    ids = tokenizer.encode(config.rm.step_separator)
+    if len(ids) != 1:
+      raise ValueError(f"config.rm.step_separator={config.rm.step_separator!r} is {len(ids)} tokens; "
+                       "the process head needs a single-token separator")
+    fields["sep_id"] = ids[0]
+  return HeadConfig.from_mapping(fields)
+
+
+def build_reward_model(config, mesh, trunk_params=None):
+  """-> (graphdef, params, tokenizer, HeadConfig, ModelConfig). The trunk(s) come from
+  `trunk_params` (e.g. an SFT warm-up), `model.hf_path`, or a fresh init."""
+  model_cfg = resolve_model_config(config)
+  hf_path = config.model.get("hf_path", "")
+  tokenizer = load_tokenizer(config.get("tokenizer_path") or hf_path or None)
+  hc = head_config(config, tokenizer)
+  graphdef, params = init_params(lambda: RewardModel(model_cfg, hc, rngs=nnx.Rngs(config.seed)), mesh)
+  if trunk_params is None and hf_path:
+    keep = {k: v for k, v in model_fields(config.model).items() if k in ("dtype", "param_dtype", "remat")}
+    trunk_params = hf_io.load_hf_model(hf_path, mesh, LOGICAL_RULES, **keep)[3]
+  if trunk_params is not None:
+    for i in params["trunks"]:
+      params["trunks"][i] = jax.tree.map(jnp.copy, trunk_params)
+  return graphdef, params, tokenizer, hc, model_cfg
+
+
+def ordinal_levels(ratings, levels: int, low: float, high: float):
+  """First attribute rating in [low, high] -> level index in [0, levels)."""
+  x = (ratings[:, 0] - low) / (high - low) * (levels - 1)
+  return jnp.clip(jnp.round(x), 0, levels - 1).astype(jnp.int32)
+
+
+def rm_loss(hc: HeadConfig, rc, outputs: dict, batch: RMBatch):
+  """The head's objective on the outputs of [chosen; rejected] rows -> (loss, metrics)."""
+  smooth = dict(tie=batch.tie, label_smoothing=rc.label_smoothing)
+  margin = batch.margin * rc.margin_scale if rc.use_margin else None
+  c, r = split_pairs(outputs)
+  if hc.type == "scalar":
+    return rmo.bradley_terry(c["reward"], r["reward"], margin=margin, center_coef=rc.center_coef, **smooth)
+  if hc.type == "ensemble":
+    losses = [rmo.bradley_terry(c["members"][:, k], r["members"][:, k], margin=margin,
+                                center_coef=rc.center_coef, **smooth)[0] for k in range(hc.num_members)]
+    _, metrics = rmo.bradley_terry(c["reward"], r["reward"], **smooth)
+    spread = jnp.mean(jnp.std(outputs["members"], -1))
+    return jnp.mean(jnp.stack(losses)), dict(metrics, member_std=spread)
+  if hc.type == "gated":
+    bt, metrics = rmo.bradley_terry(c["reward"], r["reward"], margin=margin, center_coef=rc.center_coef, **smooth)
+    mse, m2 = rmo.attribute_mse(outputs["attributes"], batch.ratings, batch.ratings_mask)
+    return bt + rc.mse_weight * mse, dict(metrics, **m2, gate_entropy=-jnp.mean(
+        jnp.sum(outputs["gate"] * jnp.log(outputs["gate"] + 1e-9), -1)))
+  if hc.type == "ordinal":
+    loss, metrics = rmo.ordinal_preference(c["level_logits"], r["level_logits"], **smooth)
+    if rc.ordinal_ce_weight > 0:
+      lo, hi = rc.rating_range
+      ce, m2 = rmo.ordinal_ce(outputs["level_logits"], ordinal_levels(batch.ratings, hc.levels, lo, hi),
+                              batch.ratings_mask[:, 0])
+      loss, metrics = loss + rc.ordinal_ce_weight * ce, dict(metrics, **m2)
+    return loss, metrics
+  if hc.type == "general":
+    return rmo.general_preference(pair_logit(hc, outputs), **smooth)
+  loss, metrics = rmo.process_bce(outputs["step_logits"], batch.steps, outputs["step_mask"] & batch.steps_mask)
+  logit = pair_logit(hc, outputs)
+  return loss, dict(metrics, accuracy=jnp.mean((logit > 0).astype(jnp.float32)))
+
+
+def check_step_labels(batch: RMBatch, sep_id: int, where: str):
+  """Every labelled response must have exactly as many separators as step labels."""
+  comp = np.arange(batch.tokens.shape[1])[None, :] >= batch.completion_start[:, None]
+  seps = np.sum((batch.tokens == sep_id) & batch.valid & comp, axis=1)
+  labels = np.sum(batch.steps_mask, axis=1)
+  bad = np.nonzero((labels > 0) & (seps != labels))[0]
+  if len(bad):
+    i = int(bad[0])
+    raise ValueError(f"{where}: response {i} has {seps[i]} step separators but {labels[i]} step labels")
+
+
+def load_pair_sets(config, task):
+  """(train pairs, eval pairs): files when configured, else synthetic train/eval splits."""
+  dc = config.data
+  steps = config.rm.head.type == "process"
+  kw = dict(label_noise=dc.label_noise, length_bias=dc.length_bias, tie_frac=dc.tie_frac,
+            p_answer=dc.p_answer, steps=steps)
+  train = (load_preferences(dc.pref_path) if dc.get("pref_path") else
+           synthetic_rm_pairs(task, np.random.default_rng([config.seed, 7]), dc.num_pairs, **kw))
+  if dc.get("eval_path"):
+    held_out = load_preferences(dc.eval_path)
+  else:   # clean labels, best-of-4 groups, and a length-trap subset
+    held_out = synthetic_rm_pairs(task, np.random.default_rng([config.seed, 8]), dc.eval_pairs,
+                                  split="eval", p_answer=dc.p_answer, rejected_per_prompt=3,
+                                  length_trap=dc.eval_length_trap, steps=steps)
+  return train, held_out
+
+
+def make_scorer(graphdef, hc: HeadConfig, mesh):
+  @jax.jit
+  def score(params, tokens, valid, start):
+    out = nnx.merge(graphdef, params)(tokens, valid, start)
+    scores = None if hc.type == "general" else out["reward"]
+    return pair_logit(hc, out), scores, out.get("step_logits"), out.get("step_mask")
+  return score
+
+
+def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, report_dir=None):
+  """Scores held-out pairs in fixed-size batches -> rm_report scalars (+ report files)."""
+  dc, bs = config.data, config.eval.batch_size
+  score = make_scorer(graphdef, hc, mesh)
+  num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
+  has_gold = all(p.chosen_ratings and p.rejected_ratings for p in pairs)
+
+  def evaluate(state):
+    logits, scores, step_hits, step_n = [], [], 0.0, 0.0
+    for s in range(0, len(pairs), bs):
+      chunk = list(pairs[s:s + bs])
+      n = len(chunk)
+      b = rm_batch(chunk + [chunk[-1]] * (bs - n), tokenizer, dc.seq_len, num_attr, max_steps)
+      lg, sc, sl, sm = jax.device_get(score(state.params, *shard_batch(
+          (b.tokens, b.valid, b.completion_start), mesh)))
+      logits.append(lg[:n])
+      if sc is not None:
+        scores.append(np.stack([sc[:bs][:n], sc[bs:][:n]], 1))
+      if sl is not None:
+        m = sm & b.steps_mask
+        step_hits += float(np.sum(((sl > 0) == (b.steps > 0.5)) & m))
+        step_n += float(np.sum(m))
+    scores = np.concatenate(scores) if scores else None
+    gold = (np.array([[p.chosen_ratings[0], p.rejected_ratings[0]] for p in pairs]) if has_gold else None)
+    report = rm_report(pairs, np.concatenate(logits), scores, gold)
+    if report_dir is not None:
+      write_report(report, report_dir)
+    out = {"accuracy": report["accuracy"], "best_of_4": report["best_of_4"]["accuracy"],
+           "ece": report["calibration"]["ece"]}
+    out.update({f"accuracy/{k}": v["accuracy"] for k, v in report["by_subset"].items()})
+    if "gold" in report:
+      out.update({f"gold_{k}": v for k, v in report["gold"].items()})
+    if step_n:
+      out["step_accuracy"] = step_hits / step_n
+    evaluate.report = report
+    return out
+  return evaluate
+
+
+def export_reward_model(folder: str, params, config, hc: HeadConfig, model_cfg) -> str:
+  """<folder>/params (orbax) + rm.json (model, head, tokenizer, seq_len): what the scorer loads."""
+  import dataclasses
+  folder = os.path.abspath(folder)
+  os.makedirs(folder, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(folder, "params"), params, force=True)
+  meta = {"model": dataclasses.asdict(model_cfg), "head": dataclasses.asdict(hc),
+          "tokenizer_path": config.get("tokenizer_path") or config.model.get("hf_path", ""),
+          "seq_len": config.data.seq_len}
+  with open(os.path.join(folder, "rm.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  return folder
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  mesh = make_mesh(dict(config.mesh))
+  dc, tc = config.data, config.train
+  task = make_task(dc.task, **dc.task_kwargs)
+  warm = sft.warm_start(config, workdir)
+  graphdef, params, tokenizer, hc, model_cfg = build_reward_model(config, mesh, None if warm is None else warm[0])
+  train_pairs, eval_pairs = load_pair_sets(config, task)
+  if len(train_pairs) < dc.batch_size:
+    raise ValueError(f"preference data: {len(train_pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
+  optimizer, schedule = make_optimizer(config.optim, tc.steps)
+  state = create_train_state(params, optimizer, mesh, config.seed)
+  steps_per_epoch = len(train_pairs) // dc.batch_size
+  num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
+
+  def batch_at(i: int) -> RMBatch:
+    epoch, k = divmod(i, steps_per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(train_pairs))
+    idx = order[k * dc.batch_size:(k + 1) * dc.batch_size]
+    b = rm_batch([train_pairs[j] for j in idx], tokenizer, dc.seq_len, num_attr, max_steps)
+    if hc.type == "process":
+      check_step_labels(b, hc.sep_id, f"training batch {i}")
+    return b
+
+  def loss_fn(model, batch, rng):
+    del rng
+    return rm_loss(hc, config.rm, model(batch.tokens, batch.valid, batch.completion_start), batch)
+
+  evaluate = make_rm_evaluator(config, graphdef, hc, tokenizer, eval_pairs, mesh, report_dir=workdir)
+  summary = fit(config, workdir, mesh, graphdef, state, loss_fn, optimizer, schedule, batch_at, evaluate,
+                stop_at_step=stop_at_step,
+                plot_panels=(("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"),
+                             ("eval", "best_of_4"), ("eval", "ece")))
+  summary["report"] = getattr(evaluate, "report", None)
+  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"), summary["state"].params,
+                                          config, hc, model_cfg)
+  summary["num_pairs"] = len(train_pairs)
+  return summary
+
+
+__all__ = ["run", "build_reward_model", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]
