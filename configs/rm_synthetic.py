@@ -33,7 +33,7 @@ def get_config(variant: str = "", head: str = "scalar"):
       ordinal_ce_weight=0.0, rating_range=(0.0, 1.0),   # ordinal: CE on the first rating's level
       step_separator=";"))
   c.data.update(num_pairs=8192, eval_pairs=768, label_noise=0.0, length_bias=0.0, tie_frac=0.0,
-                p_answer=0.5, eval_length_trap=0.25, batch_size=64, seq_len=24)
+                p_answer=0.5, p_slip=0.5, eval_length_trap=0.25, batch_size=64, seq_len=24)
   c.data.pref_path = ""
   c.data.eval_path = ""
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=300, lr=2e-3))
@@ -44,12 +44,15 @@ def get_config(variant: str = "", head: str = "scalar"):
     c.data.seq_len = 28
   if variant == "tiny":
     c.workdir = f"runs/rm_{head}_synthetic_tiny"
-    c.model.update(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=192,
+    # 3 layers, not 2: verifying a sum at the EOS token needs the depth (2 layers: ~0.75-0.85)
+    c.model.update(d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=192,
                    max_seq_len=32)
     c.data.task_kwargs.max_digits = 2
-    c.data.update(num_pairs=4096, eval_pairs=384)
-    c.sft_warmup.update(steps=150, lr=3e-3)
-    c.train.update(steps=250, eval_every=250, checkpoint_every=250)
+    c.data.update(num_pairs=16384, eval_pairs=384)
+    c.sft_warmup.update(steps=500, lr=3e-3)
+    c.rm.label_smoothing = 0.05
+    c.optim.weight_decay = 0.05
+    c.train.update(steps=1000, eval_every=500, checkpoint_every=500)
     c.eval.update(batch_size=64, max_new_tokens=4)
   elif variant:
     raise ValueError(f"rm_synthetic: unknown variant {variant!r}; allowed: '', 'tiny'")

@@ -134,6 +134,19 @@ def corrupt_answer(answer: str, rng: np.random.Generator) -> str:
   return out if out != answer else answer + "1"
 
 
+def arithmetic_slip(answer: str, rng: np.random.Generator) -> str:
+  """The errors a model that half-learned the task makes: off by a small amount or a
+  dropped/extra carry (+-1, +-2, +-10, +-100), never negative, never the answer."""
+  deltas = [d for d in (-100, -10, -2, -1, 1, 2, 10, 100) if int(answer) + d >= 0]
+  return str(int(answer) + int(rng.choice(deltas)))
+
+
+def rm_corruption(answer: str, rng: np.random.Generator, p_slip: float) -> str:
+  """A wrong answer for reward-model data: an arithmetic slip with prob `p_slip`, else a
+  digit-level `corrupt_answer`."""
+  return arithmetic_slip(answer, rng) if rng.random() < p_slip else corrupt_answer(answer, rng)
+
+
 def synthetic_pairs(task: Task, rng: np.random.Generator, n: int, label_noise: float = 0.0,
                     split: str = "train", p_answer: float = 0.5) -> list[PreferencePair]:
   """Pairs ranked by `gold_reward`: two candidates per prompt (the answer with prob
@@ -211,11 +224,12 @@ def _pair(problem, chosen: str, rejected: str, margin, subset, category, steps: 
 def synthetic_rm_pairs(task: Task, rng: np.random.Generator, n: int, *, split: str = "train",
                        label_noise: float = 0.0, length_bias: float = 0.0, tie_frac: float = 0.0,
                        p_answer: float = 0.5, rejected_per_prompt: int = 1, length_trap: float = 0.0,
-                       steps: bool = False) -> list[PreferencePair]:
+                       steps: bool = False, p_slip: float = 0.5) -> list[PreferencePair]:
   """Gold-labelled pairs for reward modelling.
 
-  Each prompt gets a chosen response (the answer with prob `p_answer`, else a corruption)
-  and `rejected_per_prompt` lower-gold corruptions (3 gives RewardBench's best-of-4 groups).
+  Each prompt gets a chosen response (the answer with prob `p_answer`, else a wrong answer)
+  and `rejected_per_prompt` lower-gold wrong answers (`rm_corruption`: arithmetic slips
+  with prob `p_slip`, else digit edits) (3 gives RewardBench's best-of-4 groups).
   Spurious correlate: every response gets a verbose suffix with prob 1/2, except that with
   prob `length_bias` the chosen is made verbose and the rejected terse (train-time
   correlation), and with prob `length_trap` the reverse (the held-out "length_trap" subset).
@@ -230,13 +244,13 @@ def synthetic_rm_pairs(task: Task, rng: np.random.Generator, n: int, *, split: s
     category = f"{len(p.answer)}-digit"
     render = step_text if steps else (lambda d: d)
     if rng.random() < tie_frac:
-      a = render(p.answer if rng.random() < p_answer else corrupt_answer(p.answer, rng))
+      a = render(p.answer if rng.random() < p_answer else rm_corruption(p.answer, rng, p_slip))
       pairs.append(_pair(p, a + verbose_suffix(rng), a, 0.0, "tie", category, steps, tie=True))
       continue
-    good = p.answer if rng.random() < p_answer else corrupt_answer(p.answer, rng)
+    good = p.answer if rng.random() < p_answer else rm_corruption(p.answer, rng, p_slip)
     bads = []
     for _ in range(50 * rejected_per_prompt):
-      b = corrupt_answer(p.answer, rng)
+      b = rm_corruption(p.answer, rng, p_slip)
       if b not in bads and gold_reward(b, p.answer) < gold_reward(good, p.answer):
         bads.append(b)
       if len(bads) == rejected_per_prompt:

@@ -20,8 +20,6 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rewardlab.data import load_tokenizer
-from rewardlab.data.batching import sft_batch
-from rewardlab.data.tasks import Problem
 from rewardlab.models import hf as hf_io
 from rewardlab.models.config import ModelConfig
 from rewardlab.models.reward_model import HeadConfig, RewardModel, response_scores
@@ -86,15 +84,34 @@ class RewardModelScorer:
     n_dev = self.mesh.devices.size
     bs = -(-bs // (n_dev * group_size)) * n_dev * group_size   # divisible by devices and groups
     out = []
+    self.truncated = 0
     for s in range(0, len(completions), bs):
-      rows = [Problem(p, c) for p, c in zip(prompts[s:s + bs], completions[s:s + bs])]
+      rows = list(zip(prompts[s:s + bs], completions[s:s + bs]))
       n = len(rows)
-      rows += [rows[-1]] * (bs - n)
-      b = sft_batch(rows, self.tokenizer, self.seq_len)
-      start = np.argmax(b.loss_mask, axis=1).astype(np.int32)
-      scores = self._forward(self.params, *shard_batch((b.tokens, b.valid, start), self.mesh), group_size)
+      tokens, valid, start = self._encode(rows + [rows[-1]] * (bs - n), s, n)
+      scores = self._forward(self.params, *shard_batch((tokens, valid, start), self.mesh), group_size)
       out.append(np.asarray(jax.device_get(scores))[:n])
     return np.concatenate(out).astype(np.float32)
+
+  def _encode(self, rows, offset: int, n_real: int):
+    """`BOS prompt completion EOS`, right-padded to seq_len. A completion too long to fit
+    is cut (keeping its EOS) and counted in `self.truncated`; a prompt that alone does not
+    fit is an error."""
+    tok, t = self.tokenizer, self.seq_len
+    tokens = np.full((len(rows), t), tok.pad_id, np.int32)
+    valid = np.zeros((len(rows), t), bool)
+    start = np.zeros((len(rows),), np.int32)
+    for i, (prompt, completion) in enumerate(rows):
+      p, c = tok.encode(prompt, bos=True), tok.encode(completion, eos=True)
+      if len(p) >= t:
+        raise ValueError(f"score: prompt {offset + i} ({prompt[:40]!r}) has {len(p)} tokens; the "
+                         f"reward model's seq_len is {t}")
+      if len(p) + len(c) > t:
+        c = c[:t - len(p) - 1] + c[-1:]
+        self.truncated += int(i < n_real)
+      ids = p + c
+      tokens[i, :len(ids)], valid[i, :len(ids)], start[i] = ids, True, len(p)
+    return tokens, valid, start
 
 
 def rm_reward(scorer: RewardModelScorer, group_size: int = 1):

@@ -117,7 +117,7 @@ def load_pair_sets(config, task):
   dc = config.data
   steps = config.rm.head.type == "process"
   kw = dict(label_noise=dc.label_noise, length_bias=dc.length_bias, tie_frac=dc.tie_frac,
-            p_answer=dc.p_answer, steps=steps)
+            p_answer=dc.p_answer, steps=steps, p_slip=dc.get("p_slip", 0.5))
   train = (load_preferences(dc.pref_path) if dc.get("pref_path") else
            synthetic_rm_pairs(task, np.random.default_rng([config.seed, 7]), dc.num_pairs, **kw))
   if dc.get("eval_path"):
@@ -125,7 +125,7 @@ def load_pair_sets(config, task):
   else:   # clean labels, best-of-4 groups, and a length-trap subset
     held_out = synthetic_rm_pairs(task, np.random.default_rng([config.seed, 8]), dc.eval_pairs,
                                   split="eval", p_answer=dc.p_answer, rejected_per_prompt=3,
-                                  length_trap=dc.eval_length_trap, steps=steps)
+                                  length_trap=dc.eval_length_trap, steps=steps, p_slip=dc.get("p_slip", 0.5))
   return train, held_out
 
 

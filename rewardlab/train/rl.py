@@ -21,7 +21,7 @@ from rewardlab.eval import pass_at_k
 from rewardlab.eval.plots import plot_curves
 from rewardlab.objectives import policy_gradient as pg
 from rewardlab.ops import chunked_token_logprobs, masked_mean
-from rewardlab.rewards import combine
+from rewardlab.rewards import combine, exact_answer
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
 from rewardlab.train import sft
@@ -178,6 +178,8 @@ class RolloutWorker:
     expanded = [p for p in problems for _ in range(rc.group_size)]
     rewards = self.reward_fn(texts, expanded, out.lengths)
     components = dict(self.reward_fn.components)
+    if "exact_answer" not in components:   # accuracy is tracked even when it is not rewarded
+      components["exact_answer"] = exact_answer(texts, expanded)
     if self.settings.get("overlong_buffer"):
       rewards = rewards + np.asarray(pg.overlong_penalty(out.lengths, rc.max_new_tokens,
                                                          self.settings["overlong_buffer"],
@@ -191,7 +193,8 @@ class RolloutWorker:
     pb, out, rewards, comps = self._sample_round(params, iteration, 0)
     stats = {"reward": float(rewards.mean()),
              "accuracy": float(comps.get("exact_answer", rewards).mean()),
-             "response_length": float(out.lengths.mean())}
+             "response_length": float(out.lengths.mean()),
+             **{f"reward/{k}": float(v.mean()) for k, v in comps.items()}}
     keep_groups = None
     if self.settings.get("dynamic_sampling"):
       # DAPO: keep groups whose rewards differ; refill from further rounds
