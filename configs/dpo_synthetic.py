@@ -5,7 +5,9 @@ Run:   rewardlab train --config configs/dpo_synthetic.py[:tiny]
 Other objectives on the same data and budget:
        --config.objective.name=cdpo | robust_dpo | ipo | hinge | simpo | orpo | rpo
 Hyperparameters: --config.objective.beta=0.2 --config.objective.label_smoothing=0.1 ...
-Your own pairs: --config.data.pref_path=pairs.jsonl  ({"prompt", "chosen", "rejected"} lines)
+Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  ({"prompt", "chosen", "rejected"} rows)
+               --config.data.on_bad_pair=skip  counts bad rows (chosen == rejected, empty,
+               too long for data.seq_len) instead of stopping at the first
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -23,6 +25,7 @@ def get_config(variant: str = "", objective: str = "dpo"):
       gamma=placeholder(float), lam=placeholder(float), alpha=placeholder(float)))
   c.data.update(num_pairs=4096, label_noise=0.0, p_answer=1.0, batch_size=64)
   c.data.pref_path = ""
+  c.data.on_bad_pair = "error"   # or "skip": count chosen==rejected / empty / too-long pairs and go on
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=300, lr=2e-3))
   c.optim.update(lr=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=200, log_every=10, eval_every=100, checkpoint_every=100)

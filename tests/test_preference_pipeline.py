@@ -103,3 +103,24 @@ def test_dpo_tiny_learns_the_preferences_and_rpo_beats_the_reference(tmp_path):
   end = rpo["evals"][-1]
   assert end["gold_reward"] > end["gold_reward_ref"], end
   assert end["win_rate_vs_ref"] > 0.5
+
+
+def test_bad_pairs_are_errors_or_counted_skips(tmp_path):
+  from rewardlab.data import ByteTokenizer
+  from rewardlab.data.preference import drop_too_long, load_preferences
+  rows = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"},
+          {"prompt": "1+1=", "chosen": "2", "rejected": "2"},
+          {"prompt": "1+1=", "chosen": "", "rejected": "2"},
+          {"prompt": "1+1=", "chosen": "2" * 40, "rejected": "3"},
+          {"prompt": "1+1=", "chosen": "2", "rejected": "2"}]
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(ValueError, match="pairs.jsonl:2: chosen equals rejected"):
+    load_preferences(str(path))
+  skipped = {}
+  pairs = drop_too_long(load_preferences(str(path), skipped), ByteTokenizer(), 16, skipped)
+  assert [p.chosen for p in pairs] == ["2"]
+  assert skipped == {"chosen equals rejected": 2, "empty completion": 1, "too_long": 1,
+                     "first_skipped_at": f"{path}:2"}
+  with pytest.raises(ValueError, match=r"preference pair 1 .* over data.seq_len=16"):
+    drop_too_long(load_preferences(str(path), {}), ByteTokenizer(), 16)

@@ -76,9 +76,22 @@ def pair_from_row(row, where: str) -> PreferencePair:
                         row.get("category"), bool(row.get("tie") or False), **lists)
 
 
-def load_preference_jsonl(path: str) -> list[PreferencePair]:
+def _take(pairs: list, row, where: str, skipped: dict | None):
+  """Appends the validated row; with a `skipped` counter, a bad row is counted under its
+  reason (and the first `where` kept) instead of raising."""
+  try:
+    pairs.append(pair_from_row(row, where))
+  except ValueError as e:
+    if skipped is None:
+      raise
+    reason = str(e).split(": ", 1)[1]
+    skipped[reason] = skipped.get(reason, 0) + 1
+    skipped.setdefault("first_skipped_at", where)
+
+
+def load_preference_jsonl(path: str, skipped: dict | None = None) -> list[PreferencePair]:
   """Reads one JSON object per line. A malformed line raises ValueError naming file:line and
-  the problem; nothing is skipped."""
+  the problem, or, when a `skipped` dict is given, is counted there by reason."""
   pairs = []
   with open(path) as f:
     for lineno, line in enumerate(f, 1):
@@ -87,26 +100,46 @@ def load_preference_jsonl(path: str) -> list[PreferencePair]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      pairs.append(pair_from_row(row, f"{path}:{lineno}"))
+        row = None
+        if skipped is None:
+          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      _take(pairs, row, f"{path}:{lineno}", skipped)
   return pairs
 
 
-def load_preference_parquet(path: str) -> list[PreferencePair]:
+def load_preference_parquet(path: str, skipped: dict | None = None) -> list[PreferencePair]:
   """Reads a Parquet table with the same columns; errors name file:row (1-based)."""
   import pyarrow.parquet as pq
-  rows = pq.read_table(path).to_pylist()
-  return [pair_from_row({k: v for k, v in row.items() if v is not None}, f"{path}:row {i}")
-          for i, row in enumerate(rows, 1)]
+  pairs = []
+  for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+    _take(pairs, {k: v for k, v in row.items() if v is not None}, f"{path}:row {i}", skipped)
+  return pairs
 
 
-def load_preferences(path: str) -> list[PreferencePair]:
+def load_preferences(path: str, skipped: dict | None = None) -> list[PreferencePair]:
   """JSONL (.jsonl/.json) or Parquet (.parquet) by extension."""
   if path.endswith(".parquet"):
-    return load_preference_parquet(path)
+    return load_preference_parquet(path, skipped)
   if path.endswith((".jsonl", ".json")):
-    return load_preference_jsonl(path)
+    return load_preference_jsonl(path, skipped)
   raise ValueError(f"{path}: unknown preference file type; expected .jsonl or .parquet")
+
+
+def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None) -> list[PreferencePair]:
+  """Pairs whose `BOS prompt completion EOS` fits seq_len for both completions; the others
+  raise ValueError naming the pair, or are counted in `skipped["too_long"]`."""
+  kept = []
+  for i, p in enumerate(pairs):
+    n = len(tokenizer.encode(p.prompt, bos=True)) + max(
+        len(tokenizer.encode(c, eos=True)) for c in (p.chosen, p.rejected))
+    if n <= seq_len:
+      kept.append(p)
+    elif skipped is None:
+      raise ValueError(f"preference pair {i} ({p.prompt[:30]!r}...) needs {n} tokens, over "
+                       f"data.seq_len={seq_len}")
+    else:
+      skipped["too_long"] = skipped.get("too_long", 0) + 1
+  return kept
 
 
 def gold_reward(completion: str, answer: str) -> float:

@@ -114,6 +114,8 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
     _validate_rl(config, model, n_batch)
   if config.pipeline == "rm":
     _validate_rm(config)
+  if config.pipeline == "online_dpo":
+    _validate_online(config, model)
   for field in ("data.batch_size", "eval.batch_size"):
     section, name = field.split(".")
     _check(config[section][name] % n_batch == 0, field,
@@ -166,3 +168,18 @@ def _validate_rm(config):
   for field in ("label_noise", "length_bias", "tie_frac"):
     v = config.data.get(field, 0.0)
     _check(0.0 <= v <= 1.0, f"data.{field}", f"{v} must be in [0, 1]")
+
+
+def _validate_online(config, model):
+  _check("online" in config, "online", "missing section (rounds, sampling, ranking)")
+  oc = config.online
+  _check(oc.ranker == "gold" or os.path.exists(os.path.join(oc.ranker, "rm.json"))
+         or os.path.exists(os.path.join(oc.ranker, "config.json")), "online.ranker",
+         f"{oc.ranker!r}: 'gold' or a reward-model folder (rm.json / HF config.json)")
+  _one_of(config, "online.reference", ("initial", "previous"))
+  _check(oc.samples_per_prompt >= 2, "online.samples_per_prompt", f"{oc.samples_per_prompt} must be >= 2")
+  _check(oc.steps_per_round >= 1 and config.train.steps % oc.steps_per_round == 0, "online.steps_per_round",
+         f"{oc.steps_per_round} must be >= 1 and divide train.steps={config.train.steps}")
+  total = config.eval.max_prompt_len + oc.max_new_tokens
+  _check(total <= model.max_seq_len, "online.max_new_tokens",
+         f"eval.max_prompt_len + online.max_new_tokens = {total} is over model.max_seq_len={model.max_seq_len}")

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import make_task, prompt_batch
-from rewardlab.data.preference import (PairBatch, gold_reward, load_preferences, pair_batch,
+from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE
 from rewardlab.ops import masked_sum
@@ -49,12 +49,17 @@ def make_preference_loss_fn(objective_cfg, chunk: int):
   return loss_fn
 
 
-def load_pairs(config, task):
+def load_pairs(config, task, tokenizer, skipped: dict | None = None):
+  """The run's pairs (file or synthetic), over-long pairs dropped-and-counted or an error,
+  by `data.on_bad_pair` ("error" | "skip"; skips are counted in `skipped`)."""
   dc = config.data
+  skip = skipped if dc.get("on_bad_pair", "error") == "skip" else None
   if dc.get("pref_path"):
-    return load_preferences(dc.pref_path)
-  return synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
-                         label_noise=dc.label_noise, p_answer=dc.p_answer)
+    pairs = load_preferences(dc.pref_path, skip)
+  else:
+    pairs = synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
+                            label_noise=dc.label_noise, p_answer=dc.p_answer)
+  return drop_too_long(pairs, tokenizer, dc.seq_len, skip)
 
 
 def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk):
@@ -125,7 +130,10 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   if warm is not None:
     policy.params = warm[0]
   ref = jax.tree.map(jnp.copy, policy.full_params())  # the frozen reference (own buffers)
-  pairs = load_pairs(config, task)
+  skipped = {}
+  pairs = load_pairs(config, task, policy.tokenizer, skipped)
+  if skipped:
+    print(f"preference data: skipped {skipped}", flush=True)
   if len(pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
   if config.objective.name in REFERENCE_FREE:
@@ -160,4 +168,5 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                 plot_panels=(("train", "loss"), ("train", "reward_margin"), ("eval", "gold_reward"),
                              ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
   summary["num_pairs"] = len(pairs)
+  summary["skipped"] = skipped
   return summary

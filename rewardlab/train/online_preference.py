@@ -1,0 +1,154 @@
+"""Online / iterative preference optimization (pipeline "online_dpo").
+
+For k rounds: sample n completions per prompt from the current policy (KV-cache sampler),
+rank them with the gold reward or a trained reward model, pair each prompt's best against
+its worst, keep pairs whose score gap is at least `online.min_margin` (the rest are counted,
+not silently dropped), cache the reference's log-probs of the kept pairs once, and run
+`online.steps_per_round` updates of any DPO-family objective on them. The reference is the
+initial policy (`online.reference="initial"`) or the previous round's policy ("previous",
+iterative DPO). Checkpoints land on round boundaries, so a resumed run regenerates the
+interrupted round's pairs from the same weights and reproduces the uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rewardlab.data import make_task, prompt_batch
+from rewardlab.data.preference import PairBatch, PreferencePair, gold_reward, pair_batch
+from rewardlab.objectives.preference import REFERENCE_FREE
+from rewardlab.sampling import SamplingParams, make_sample_fn
+from rewardlab.sharding import make_mesh, shard_batch
+from rewardlab.train import sft
+from rewardlab.train.checkpoint import Checkpointer
+from rewardlab.train.loop import fit
+from rewardlab.train.metrics import MetricWriter, read_metrics
+from rewardlab.train.optim import make_optimizer
+from rewardlab.train.policy import build_policy
+from rewardlab.train.preference import make_gold_evaluator, make_preference_loss_fn, reference_logps
+from rewardlab.train.state import create_train_state
+
+
+def make_ranker(config, mesh):
+  """(prompts, completions, problems) -> scores [N]: the gold reward, or a trained RM."""
+  oc = config.online
+  if oc.ranker == "gold":
+    return lambda prompts, texts, problems: np.array(
+        [gold_reward(t, p.answer) for t, p in zip(texts, problems)], np.float32)
+  from rewardlab.rewards.reward_model import RewardModelScorer
+  scorer = RewardModelScorer(oc.ranker, mesh)
+  return lambda prompts, texts, problems: scorer.score(prompts, texts, group_size=oc.samples_per_prompt)
+
+
+def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits) -> tuple[list, dict]:
+  """Pairs each group's highest-scored completion with its lowest. Skips (and counts)
+  groups whose gap is below min_margin, whose best and worst texts are equal, or that do
+  not fit the context (`fits(prompt, completion)`)."""
+  pairs, skipped = [], {"small_margin": 0, "identical": 0, "too_long": 0}
+  for g in range(len(prompts) // n):
+    s = scores[g * n:(g + 1) * n]
+    hi, lo = int(np.argmax(s)), int(np.argmin(s))
+    chosen, rejected, prompt = texts[g * n + hi], texts[g * n + lo], prompts[g * n]
+    if s[hi] - s[lo] < min_margin or hi == lo:
+      skipped["small_margin"] += 1
+    elif chosen == rejected:
+      skipped["identical"] += 1
+    elif not (fits(prompt, chosen) and fits(prompt, rejected)):
+      skipped["too_long"] += 1
+    else:
+      pairs.append(PreferencePair(prompt, chosen, rejected, float(s[hi] - s[lo]), "on_policy"))
+  return pairs, skipped
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  mesh = make_mesh(dict(config.mesh))
+  dc, tc, oc = config.data, config.train, config.online
+  spr = oc.steps_per_round
+  if tc.steps % spr:
+    raise ValueError(f"config.train.steps={tc.steps} is not a whole number of rounds of "
+                     f"online.steps_per_round={spr}")
+  task = make_task(dc.task, **dc.task_kwargs)
+  warm = sft.warm_start(config, workdir)
+  policy = build_policy(config, mesh)
+  if warm is not None:
+    policy.params = warm[0]
+  tok = policy.tokenizer
+  initial = jax.tree.map(jnp.copy, policy.full_params())
+  optimizer, schedule = make_optimizer(config.optim, tc.steps)
+  state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen={"base": policy.frozen})
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), spr, tc.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+  ckpt.close()
+  merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
+  loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
+  sample = make_sample_fn(policy.graphdef, SamplingParams(
+      oc.max_new_tokens, n=oc.samples_per_prompt, temperature=oc.temperature,
+      stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
+  rank = make_ranker(config, mesh)
+  evaluate = make_gold_evaluator(config, policy, initial, mesh)
+  n = oc.samples_per_prompt
+  fits = lambda p, c: len(tok.encode(p, bos=True)) + len(tok.encode(c, eos=True)) <= dc.seq_len  # noqa: E731
+  summary, rounds = None, []
+  writer = MetricWriter(workdir, tensorboard=False)
+  logged = {r["step"] for r in read_metrics(workdir) if r["split"] == "round"} if os.path.exists(
+      os.path.join(workdir, "metrics.jsonl")) else set()
+
+  for r in range(int(state.step) // spr, tc.steps // spr):
+    params = policy.full_params(state.params, state.frozen["base"])
+    ref = initial if oc.reference == "initial" else jax.tree.map(jnp.copy, params)
+    problems = task.sample_many(np.random.default_rng([config.seed, 31, r]), oc.prompts_per_round)
+    pb = prompt_batch([p.prompt for p in problems], tok, config.eval.max_prompt_len)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 17), r)
+    out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), key))
+    texts = tok.decode_batch(out.tokens)
+    expanded = [p for p in problems for _ in range(n)]
+    prompts = [p.prompt for p in expanded]
+    scores = np.asarray(rank(prompts, texts, expanded))
+    pairs, skipped = best_vs_worst(prompts, texts, scores, n, oc.min_margin, fits)
+    stats = {"pairs_kept": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()},
+             "ranker_score_mean": float(scores.mean()),
+             "gold_mean": float(np.mean([gold_reward(t, p.answer) for t, p in zip(texts, expanded)]))}
+    if len(pairs) < dc.batch_size:
+      raise ValueError(f"online round {r}: only {len(pairs)} pairs kept (skipped {skipped}), fewer than "
+                       f"data.batch_size={dc.batch_size}; raise online.prompts_per_round or lower "
+                       "online.min_margin")
+    if config.objective.name in REFERENCE_FREE:
+      ref_cache = np.zeros((len(pairs), 2), np.float32)
+    else:
+      ref_cache = reference_logps(policy.graphdef, ref, pairs, tok, dc.seq_len, dc.batch_size, mesh,
+                                  tc.logprob_chunk)
+    if r * spr not in logged:
+      writer.write(r * spr, stats, split="round")
+    rounds.append(dict(stats, round=r))
+
+    def batch_at(i: int, pairs=pairs, ref_cache=ref_cache) -> PairBatch:
+      k = i - (i // spr) * spr
+      per_epoch = len(pairs) // dc.batch_size
+      order = np.random.default_rng([config.seed, i // spr, k // per_epoch]).permutation(len(pairs))
+      idx = order[(k % per_epoch) * dc.batch_size:(k % per_epoch + 1) * dc.batch_size]
+      return pair_batch([pairs[j] for j in idx], tok, dc.seq_len,
+                        np.concatenate([ref_cache[idx, 0], ref_cache[idx, 1]]))
+
+    round_config = config.copy_and_resolve_references()
+    round_config.train.steps = (r + 1) * spr
+    round_config.train.checkpoint_every = spr
+    end = (r + 1) * spr
+    eval_now = tc.eval_every > 0 and (r == 0 or end % tc.eval_every == 0 or end == tc.steps)
+    summary = fit(round_config, workdir, mesh, policy.graphdef, state, loss_fn, optimizer, schedule,
+                  batch_at, evaluate if eval_now else None, stop_at_step=stop_at_step, merge=merge,
+                  plot_panels=(("train", "loss"), ("train", "reward_accuracy"), ("eval", "gold_reward"),
+                               ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
+    state = summary["state"]
+    if stop_at_step is not None and int(state.step) >= stop_at_step:
+      break
+  writer.close()
+  if summary is None:   # already finished: report what the workdir holds
+    summary = {"state": state, "evals": [r for r in read_metrics(workdir) if r["split"] == "eval"]}
+  summary["rounds"] = rounds
+  summary["records"] = read_metrics(workdir)
+  return summary
