@@ -63,6 +63,8 @@ class SampleOutput(NamedTuple):
   logps_model: [B*n, N] f32    log-prob under the unmodified model (T=1, no truncation)
   lengths:     [B*n]    int32  number of generated tokens
   steps:       []       int32  decode steps actually run (early exit when all stopped)
+  vocab_mean_logp: [B*n, N] f32  (1/V) sum_v log p_t(v) under the unmodified model: what
+                               self-certainty needs, so it costs no extra forward pass
   """
   tokens: jax.Array
   mask: jax.Array
@@ -70,6 +72,7 @@ class SampleOutput(NamedTuple):
   logps_model: jax.Array
   lengths: jax.Array
   steps: jax.Array
+  vocab_mean_logp: jax.Array
 
 
 def process_logits(logits: jax.Array, sp: SamplingParams) -> jax.Array:
@@ -121,7 +124,8 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
     stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
     out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
                logps=jnp.zeros((bn, new), jnp.float32),
-               logps_model=jnp.zeros((bn, new), jnp.float32))
+               logps_model=jnp.zeros((bn, new), jnp.float32),
+               vocab_mean_logp=jnp.zeros((bn, new), jnp.float32))
 
     def cond(carry):
       i, _, _, _, done, _ = carry
@@ -142,7 +146,9 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
       write = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, 1)
       out = dict(tokens=write(out["tokens"], tok), mask=write(out["mask"], live),
                  logps=write(out["logps"], jnp.where(live, logp, 0.0)),
-                 logps_model=write(out["logps_model"], jnp.where(live, _pick(model_logsm, tok), 0.0)))
+                 logps_model=write(out["logps_model"], jnp.where(live, _pick(model_logsm, tok), 0.0)),
+                 vocab_mean_logp=write(out["vocab_mean_logp"],
+                                       jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
       done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
       hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache)
       logits = constrain(model.logits(hidden)[:, 0], batch_spec)
@@ -152,7 +158,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
             jnp.zeros((bn,), bool), out)
     steps, _, _, _, _, out = jax.lax.while_loop(cond, body, init)
     return SampleOutput(out["tokens"], out["mask"], out["logps"], out["logps_model"],
-                        jnp.sum(out["mask"], axis=-1).astype(jnp.int32), steps)
+                        jnp.sum(out["mask"], axis=-1).astype(jnp.int32), steps, out["vocab_mean_logp"])
 
   return sample
 
@@ -169,7 +175,7 @@ def make_sample_fn(graphdef, sp: SamplingParams, pad_id: int, mesh: Mesh | None 
   if mesh is None:
     return jax.jit(fn)
   return jax.jit(fn, in_shardings=(None, batch_spec, batch_spec, None),
-                 out_shardings=SampleOutput(*([batch_spec] * 5), None))
+                 out_shardings=SampleOutput(*([batch_spec] * 5), None, batch_spec))
 
 
 class Sampler:

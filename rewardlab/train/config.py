@@ -139,7 +139,8 @@ def _validate_rl(config, model, n_batch: int):
   total = config.eval.max_prompt_len + rc.max_new_tokens
   _check(total <= model.max_seq_len, "rl.max_new_tokens",
          f"eval.max_prompt_len + rl.max_new_tokens = {total} is over model.max_seq_len={model.max_seq_len}")
-  allowed = set(REWARDS) | ({"reward_model"} if rc.get("reward_model_path") else set())
+  allowed = set(REWARDS) | {"majority_vote", "self_certainty"} | (
+      {"reward_model"} if rc.get("reward_model_path") else set())
   bad = sorted(set(rc.rewards) - allowed)
   _check(not bad, "rl.rewards", f"{bad} not allowed; allowed: {sorted(allowed)}"
          + ("" if rc.get("reward_model_path") else " ('reward_model' needs rl.reward_model_path)"))
@@ -173,9 +174,11 @@ def _validate_rm(config):
 def _validate_online(config, model):
   _check("online" in config, "online", "missing section (rounds, sampling, ranking)")
   oc = config.online
-  _check(oc.ranker == "gold" or os.path.exists(os.path.join(oc.ranker, "rm.json"))
+  _check(oc.ranker in ("gold", "self_judge") or os.path.exists(os.path.join(oc.ranker, "rm.json"))
          or os.path.exists(os.path.join(oc.ranker, "config.json")), "online.ranker",
-         f"{oc.ranker!r}: 'gold' or a reward-model folder (rm.json / HF config.json)")
+         f"{oc.ranker!r}: 'gold', 'self_judge' or a reward-model folder (rm.json / HF config.json)")
+  if oc.ranker == "self_judge":
+    _check("judge" in config, "judge", "missing section (template, mode, score_tokens, max_len)")
   _one_of(config, "online.reference", ("initial", "previous"))
   _check(oc.samples_per_prompt >= 2, "online.samples_per_prompt", f"{oc.samples_per_prompt} must be >= 2")
   _check(oc.steps_per_round >= 1 and config.train.steps % oc.steps_per_round == 0, "online.steps_per_round",

@@ -1,7 +1,8 @@
-"""Online / iterative preference optimization (pipeline "online_dpo").
+"""Online / iterative preference optimization (pipeline "online_dpo"), and the
+self-rewarding loop (`online.ranker="self_judge"`: the current policy judges its own samples).
 
 For k rounds: sample n completions per prompt from the current policy (KV-cache sampler),
-rank them with the gold reward or a trained reward model, pair each prompt's best against
+rank them with the gold reward, a trained reward model, or the policy as judge, pair each prompt's best against
 its worst, keep pairs whose score gap is at least `online.min_margin` (the rest are counted,
 not silently dropped), cache the reference's log-probs of the kept pairs once, and run
 `online.steps_per_round` updates of any DPO-family objective on them. The reference is the
@@ -20,6 +21,7 @@ import numpy as np
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.data.preference import PairBatch, PreferencePair, gold_reward, pair_batch
 from rewardlab.objectives.preference import REFERENCE_FREE
+from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
 from rewardlab.train import sft
@@ -32,15 +34,26 @@ from rewardlab.train.preference import make_gold_evaluator, make_preference_loss
 from rewardlab.train.state import create_train_state
 
 
-def make_ranker(config, mesh):
-  """(prompts, completions, problems) -> scores [N]: the gold reward, or a trained RM."""
+def make_ranker(config, mesh, policy):
+  """(current params, prompts, completions, problems) -> scores [N]: the gold reward, a
+  trained RM, or the policy itself as a generative judge ("self_judge": self-rewarding)."""
   oc = config.online
   if oc.ranker == "gold":
-    return lambda prompts, texts, problems: np.array(
+    return lambda params, prompts, texts, problems: np.array(
         [gold_reward(t, p.answer) for t, p in zip(texts, problems)], np.float32)
+  if oc.ranker == "self_judge":
+    judge = make_judge(config, policy, mesh)
+    return lambda params, prompts, texts, problems: judge.score(params, prompts, texts)
   from rewardlab.rewards.reward_model import RewardModelScorer
   scorer = RewardModelScorer(oc.ranker, mesh)
-  return lambda prompts, texts, problems: scorer.score(prompts, texts, group_size=oc.samples_per_prompt)
+  return lambda params, prompts, texts, problems: scorer.score(prompts, texts, group_size=oc.samples_per_prompt)
+
+
+def make_judge(config, policy, mesh):
+  from rewardlab.rewards.judge import Judge
+  jc = config.judge
+  return Judge(policy.graphdef, policy.tokenizer, jc.max_len, jc.template, jc.mode, tuple(jc.score_tokens),
+               mesh, config.eval.batch_size)
 
 
 def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits) -> tuple[list, dict]:
@@ -89,7 +102,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   sample = make_sample_fn(policy.graphdef, SamplingParams(
       oc.max_new_tokens, n=oc.samples_per_prompt, temperature=oc.temperature,
       stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
-  rank = make_ranker(config, mesh)
+  rank = make_ranker(config, mesh, policy)
   evaluate = make_gold_evaluator(config, policy, initial, mesh)
   n = oc.samples_per_prompt
   fits = lambda p, c: len(tok.encode(p, bos=True)) + len(tok.encode(c, eos=True)) <= dc.seq_len  # noqa: E731
@@ -108,11 +121,14 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     texts = tok.decode_batch(out.tokens)
     expanded = [p for p in problems for _ in range(n)]
     prompts = [p.prompt for p in expanded]
-    scores = np.asarray(rank(prompts, texts, expanded))
+    scores = np.asarray(rank(params, prompts, texts, expanded))
     pairs, skipped = best_vs_worst(prompts, texts, scores, n, oc.min_margin, fits)
+    correct = [task.verify(t, p.answer) for t, p in zip(texts, expanded)]
     stats = {"pairs_kept": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()},
-             "ranker_score_mean": float(scores.mean()),
-             "gold_mean": float(np.mean([gold_reward(t, p.answer) for t, p in zip(texts, expanded)]))}
+             "ranker_score_mean": float(scores.mean()), "accuracy": float(np.mean(correct)),
+             "gold_mean": float(np.mean([gold_reward(t, p.answer) for t, p in zip(texts, expanded)])),
+             # how well the ranker (e.g. the model judging itself) separates right from wrong
+             "ranker_auc": auc(scores, correct)}
     if len(pairs) < dc.batch_size:
       raise ValueError(f"online round {r}: only {len(pairs)} pairs kept (skipped {skipped}), fewer than "
                        f"data.batch_size={dc.batch_size}; raise online.prompts_per_round or lower "

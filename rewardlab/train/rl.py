@@ -22,6 +22,8 @@ from rewardlab.eval.plots import plot_curves
 from rewardlab.objectives import policy_gradient as pg
 from rewardlab.ops import chunked_token_logprobs, masked_mean
 from rewardlab.rewards import combine, exact_answer
+from rewardlab.rewards.self_rewards import (auc, borda_weights, laser_loss, laser_score, last_token_logprob,
+                                            majority_vote_reward, select_by_vote, self_certainty)
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
 from rewardlab.train import sft
@@ -44,6 +46,7 @@ class Rollout(NamedTuple):
   advantages:      [B, N]      per-token advantages (sequence advantages broadcast)
   old_values:      [B, N]      PPO: value-head outputs at rollout time (zeros otherwise)
   returns:         [B, N]      PPO: GAE returns, the value targets (zeros otherwise)
+  verifier_reward: [B]         the verifier's 0/1 outcome (LaSeR's target; logged otherwise)
   """
   tokens: np.ndarray
   valid: np.ndarray
@@ -53,6 +56,7 @@ class Rollout(NamedTuple):
   advantages: np.ndarray
   old_values: np.ndarray
   returns: np.ndarray
+  verifier_reward: np.ndarray
 
 
 class ActorCritic(nnx.Module):
@@ -88,13 +92,29 @@ def make_rl_loss_fn(settings: dict, chunk: int):
   loss_kwargs = {k: settings[k] for k in pg.LOSS_KEYS if k in settings}
   ppo = settings["advantage"] == "gae"
 
+  laser = settings.get("laser_coef", 0.0) > 0
+
   def loss_fn(model, batch: Rollout, rng):
     del rng
     n = batch.completion_mask.shape[1]
     policy = model.policy if ppo else model
-    hidden = completion_hidden(policy, batch.tokens, batch.valid, n)
+    if laser:   # one more position: the hidden state after the last real token
+      full, _ = policy.hidden_states(batch.tokens, valid=batch.valid)
+      hidden = full[:, -n - 1:-1]
+    else:
+      hidden = completion_hidden(policy, batch.tokens, batch.valid, n)
     logp_new, entropy = chunked_token_logprobs(hidden, policy.unembedding(),
                                                batch.tokens[:, -n:], chunk, with_entropy=True)
+    if laser:
+      loss, metrics = pg.policy_gradient_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask,
+                                              batch.advantages, max_len=n, entropy=entropy, **loss_kwargs)
+      score = laser_score(last_token_logprob(policy, full, batch.valid, settings["laser_token"]),
+                          settings["laser_beta"], settings["laser_c"])
+      aux = laser_loss(score, batch.verifier_reward)
+      right = batch.verifier_reward > 0.5
+      mean_where = lambda m: jnp.sum(score * m) / jnp.maximum(jnp.sum(m), 1.0)  # noqa: E731
+      return loss + settings["laser_coef"] * aux, dict(
+          metrics, laser_loss=aux, laser_score_correct=mean_where(right), laser_score_wrong=mean_where(~right))
     if ppo:
       values = model.value_head(hidden)
       return pg.ppo_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask, batch.advantages,
@@ -146,7 +166,10 @@ class RolloutWorker:
     rc = config.rl
     self.config, self.policy, self.mesh, self.settings = config, policy, mesh, settings
     self.task = make_task(config.data.task, **config.data.task_kwargs)
-    self.reward_fn = combine(dict(rc.rewards), extra=reward_model_rewards(config, mesh))
+    self.extra_rewards = dict(reward_model_rewards(config, mesh),
+                              majority_vote=lambda c, p, l: majority_vote_reward(c, rc.group_size))
+    if "self_certainty" not in rc.rewards:
+      self.reward_fn = combine(dict(rc.rewards), extra=self.extra_rewards)
     sp = SamplingParams(max_new_tokens=rc.max_new_tokens, n=rc.group_size,
                         temperature=rc.temperature, top_p=rc.top_p,
                         stop_ids=(policy.tokenizer.eos_id,))
@@ -176,8 +199,12 @@ class RolloutWorker:
     out = jax.device_get(out)
     texts = tok.decode_batch(out.tokens)
     expanded = [p for p in problems for _ in range(rc.group_size)]
-    rewards = self.reward_fn(texts, expanded, out.lengths)
-    components = dict(self.reward_fn.components)
+    reward_fn = self.reward_fn
+    if "self_certainty" in rc.rewards:   # from the sampler's outputs: no extra forward pass
+      sc = np.asarray(self_certainty(out.vocab_mean_logp, out.mask, self.policy.model_cfg.vocab_size))
+      reward_fn = combine(dict(rc.rewards), extra=dict(self.extra_rewards, self_certainty=lambda *_: sc))
+    rewards = reward_fn(texts, expanded, out.lengths)
+    components = dict(reward_fn.components)
     if "exact_answer" not in components:   # accuracy is tracked even when it is not rewarded
       components["exact_answer"] = exact_answer(texts, expanded)
     if self.settings.get("overlong_buffer"):
@@ -191,6 +218,7 @@ class RolloutWorker:
     rc = self.config.rl
     g = rc.group_size
     pb, out, rewards, comps = self._sample_round(params, iteration, 0)
+    verifier = comps["exact_answer"]
     stats = {"reward": float(rewards.mean()),
              "accuracy": float(comps.get("exact_answer", rewards).mean()),
              "response_length": float(out.lengths.mean()),
@@ -198,15 +226,15 @@ class RolloutWorker:
     keep_groups = None
     if self.settings.get("dynamic_sampling"):
       # DAPO: keep groups whose rewards differ; refill from further rounds
-      pieces = [(pb, out, rewards)]
+      pieces = [(pb, out, rewards, verifier)]
       keep = [np.asarray(pg.nonuniform_groups(jnp.asarray(rewards), g))]
       for r in range(1, rc.max_refill_rounds + 1):
         if sum(k.sum() for k in keep) >= rc.num_prompts:
           break
-        pb_r, out_r, rew_r, _ = self._sample_round(params, iteration, r)
-        pieces.append((pb_r, out_r, rew_r))
+        pb_r, out_r, rew_r, comps_r = self._sample_round(params, iteration, r)
+        pieces.append((pb_r, out_r, rew_r, comps_r["exact_answer"]))
         keep.append(np.asarray(pg.nonuniform_groups(jnp.asarray(rew_r), g)))
-      pb, out, rewards, keep_groups = _select_groups(pieces, keep, rc.num_prompts, g)
+      pb, out, rewards, verifier, keep_groups = _select_groups(pieces, keep, rc.num_prompts, g)
       stats["groups_kept_frac"] = float(keep_groups.mean())
     tokens = np.concatenate([np.repeat(pb.tokens, g, 0), out.tokens], 1)
     valid = np.concatenate([np.repeat(pb.valid, g, 0), out.mask], 1)
@@ -223,23 +251,46 @@ class RolloutWorker:
       adv = adv * jnp.repeat(jnp.asarray(keep_groups), g)[:, None]
     stats["zero_adv_groups"] = float(pg.zero_grad_group_fraction(adv.sum(-1), g))
     rollout = Rollout(tokens, valid, out.mask, np.asarray(out.logps_model), np.asarray(logp_ref),
-                      np.asarray(adv), np.asarray(old_values), np.asarray(returns))
+                      np.asarray(adv), np.asarray(old_values), np.asarray(returns),
+                      np.asarray(verifier, np.float32))
     return rollout, stats
+
+
+def laser_settings(config, worker: "RolloutWorker", ref_params) -> dict:
+  """LaSeR's constants: the token z, beta, and c = the reference's mean log pi_ref(z | x, y)
+  over one batch of its own samples (deterministic, so a resumed run gets the same c)."""
+  lc, tok = config.laser, worker.policy.tokenizer
+  ids = tok.encode(lc.token)
+  if len(ids) != 1:
+    raise ValueError(f"config.laser.token={lc.token!r} is {len(ids)} tokens; LaSeR needs one")
+  pb, out, _, _ = worker._sample_round(ref_params, 10 ** 6, 0)
+  g = config.rl.group_size
+  tokens = np.concatenate([np.repeat(pb.tokens, g, 0), out.tokens], 1)
+  valid = np.concatenate([np.repeat(pb.valid, g, 0), out.mask], 1)
+
+  @jax.jit
+  def logp_z(params, tokens, valid):
+    model = nnx.merge(worker.policy.graphdef, params)
+    hidden, _ = model.hidden_states(tokens, valid=valid)
+    return last_token_logprob(model, hidden, valid, ids[0])
+
+  c = float(np.mean(jax.device_get(logp_z(ref_params, *shard_batch((tokens, valid), worker.mesh)))))
+  return {"laser_coef": lc.coef, "laser_beta": lc.beta, "laser_token": ids[0], "laser_c": c}
 
 
 def _select_groups(pieces, keep, num_prompts, g):
   """First num_prompts kept groups across rounds; pad with dropped groups (flag False)."""
-  pbs, outs, rewards = zip(*pieces)
+  pbs, outs, rewards, verifiers = zip(*pieces)
   flags = np.concatenate(keep)
   order = np.concatenate([np.flatnonzero(flags), np.flatnonzero(~flags)])[:num_prompts]
   rows = (order[:, None] * g + np.arange(g)).reshape(-1)   # the groups' sample rows
   pb = type(pbs[0])(*(np.concatenate(field)[order] for field in zip(*pbs)))
-  per_row = [np.concatenate(field)[rows] for field in zip(*(o[:-1] for o in outs))]
-  out = type(outs[0])(*per_row, steps=outs[0].steps)
-  return pb, out, np.concatenate(rewards)[rows], flags[order]
+  per_row = {f: np.concatenate([getattr(o, f) for o in outs])[rows] for f in outs[0]._fields if f != "steps"}
+  out = type(outs[0])(**per_row, steps=outs[0].steps)
+  return pb, out, np.concatenate(rewards)[rows], np.concatenate(verifiers)[rows], flags[order]
 
 
-def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p):
+def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p, settings=None):
   """Greedy held-out accuracy plus unbiased pass@k from n samples per problem.
   `policy_part(state.params)` picks the policy's trainable params (PPO also trains a value head)."""
   ec, tok = config.eval, policy.tokenizer
@@ -251,15 +302,40 @@ def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p):
   sample = make_sample_fn(policy.graphdef, sp, tok.pad_id, mesh)
   pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
 
+  laser = settings is not None and settings.get("laser_coef", 0.0) > 0
+  if laser:
+    @jax.jit
+    def laser_scores(params, tokens, valid):
+      model = nnx.merge(policy.graphdef, params)
+      hidden, _ = model.hidden_states(tokens, valid=valid)
+      return laser_score(last_token_logprob(model, hidden, valid, settings["laser_token"]),
+                         settings["laser_beta"], settings["laser_c"])
+
   def evaluate(state):
     result = greedy(state.replace(params=policy_part(state.params), frozen=state.frozen["base"]))
     params = policy.full_params(policy_part(state.params), state.frozen["base"])
     out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
     texts = tok.decode_batch(out.tokens)
-    correct = np.array([task.verify(t, problems[i // ec.pass_n].answer) for i, t in enumerate(texts)])
-    correct = correct.reshape(len(problems), ec.pass_n).sum(-1)
+    n = ec.pass_n
+    right = np.array([task.verify(t, problems[i // n].answer) for i, t in enumerate(texts)])
+    correct = right.reshape(len(problems), n).sum(-1)
     for k in ec.pass_k:
-      result[f"pass@{k}"] = float(np.mean([pass_at_k(ec.pass_n, int(c), k) for c in correct]))
+      result[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in correct]))
+    # test-time selection over the n samples: plain majority, Borda by self-certainty
+    answers = [p.answer for p in problems]
+    sel_acc = lambda picks: float(np.mean([a == b for a, b in zip(picks, answers)]))  # noqa: E731
+    sc = np.asarray(self_certainty(out.vocab_mean_logp, out.mask, policy.model_cfg.vocab_size))
+    result[f"majority@{n}"] = sel_acc(select_by_vote(texts, n))
+    result[f"sc_borda@{n}"] = sel_acc(select_by_vote(texts, n, borda_weights(sc, n)))
+    result["sc_auc"] = auc(sc, right)
+    if laser:
+      full = shard_batch((np.concatenate([np.repeat(pb.tokens, n, 0), out.tokens], 1),
+                          np.concatenate([np.repeat(pb.valid, n, 0), out.mask], 1)), mesh)
+      s = np.asarray(jax.device_get(laser_scores(params, *full)))
+      result["laser_auc"] = auc(s, right)
+      result[f"laser_weighted_majority@{n}"] = sel_acc(select_by_vote(texts, n, np.clip(s, 1e-3, None)))
+      result[f"laser_best_of_{n}"] = float(np.mean(right.reshape(-1, n)[np.arange(len(problems)),
+                                                                       s.reshape(-1, n).argmax(1)]))
     return result
   return evaluate
 
@@ -306,8 +382,10 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   state = create_train_state(trainable, optimizer, mesh, config.seed,
                              frozen={"ref": ref, "base": policy.frozen})
   worker = RolloutWorker(config, policy, mesh, settings, value_graphdef)
+  if config.get("laser") and config.laser.coef > 0:
+    settings.update(laser_settings(config, worker, ref))
   policy_part = (lambda p: p["policy"]) if ppo else (lambda p: p)
-  evaluate = make_rl_evaluator(config, policy, mesh, policy_part)
+  evaluate = make_rl_evaluator(config, policy, mesh, policy_part, settings)
 
   write_config(config, workdir)
   writer = MetricWriter(workdir, tensorboard=tc.tensorboard)

@@ -68,9 +68,18 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen=policy.frozen)
   dc = config.data
 
+  n_judge = int(round(dc.get("judge_fraction", 0.0) * dc.batch_size))
+  if n_judge:   # pointwise judge examples (answer -> yes/no) so the policy can judge itself
+    from rewardlab.train.online_preference import make_judge
+    from rewardlab.rewards.judge import judge_examples
+    judge = make_judge(config, policy, mesh)
+
   def batch_at(i: int) -> SequenceBatch:
     rng = np.random.default_rng([config.seed, i])
-    return sft_batch(task.sample_many(rng, dc.batch_size), tokenizer, dc.seq_len)
+    rows = task.sample_many(rng, dc.batch_size - n_judge)
+    if n_judge:
+      rows += judge_examples(task, rng, n_judge, judge)
+    return sft_batch(rows, tokenizer, dc.seq_len)
 
   summary = fit(config, workdir, mesh, policy.graphdef, state,
                 make_sft_loss_fn(config.objective, config.train.logprob_chunk), optimizer,
@@ -93,6 +102,7 @@ def warm_start(config, workdir: str):
   sft_config.pipeline = "sft"
   sft_config.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
   sft_config.optim.lr = wc.lr
+  sft_config.data.judge_fraction = wc.get("judge_fraction", 0.0)
   sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
   sft_config.lock()
   summary = run(sft_config, os.path.join(workdir, "sft_warmup"))
