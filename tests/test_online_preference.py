@@ -38,3 +38,21 @@ def test_online_dpo_resume_equals_uninterrupted(tmp_path):
   resumed = online_preference.run(config, str(tmp_path / "cut"))
   strip = lambda recs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]  # noqa: E731
   assert strip(resumed["records"]) == strip(full["records"])
+
+
+def test_self_rewarding_round_pairs_rank_by_the_models_own_judge_and_train(tmp_path):
+  config = load_config("self_rewarding", "tiny")
+  micro = micro_online_config()
+  for section in ("model", "online", "train", "eval"):
+    config[section].update(dict(micro[section]))
+  config.online.update(ranker="self_judge", reference="previous", min_margin=0.0)
+  config.sft_warmup.update(steps=4, judge_fraction=0.5)
+  config.data.batch_size = 8
+  summary = online_preference.run(config, str(tmp_path))
+  rounds = summary["rounds"]
+  assert len(rounds) == 2 and all(r["pairs_kept"] >= 8 for r in rounds)
+  # chosen = the completion the model itself judged best: a strictly positive judge gap
+  assert all(r["pair_margin_mean"] > 0 for r in rounds)
+  assert all(0.0 <= r["ranker_auc"] <= 1.0 or np.isnan(r["ranker_auc"]) for r in rounds)
+  train = [r for r in summary["records"] if r["split"] == "train"]
+  assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)

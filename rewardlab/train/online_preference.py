@@ -126,6 +126,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     correct = [task.verify(t, p.answer) for t, p in zip(texts, expanded)]
     stats = {"pairs_kept": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()},
              "ranker_score_mean": float(scores.mean()), "accuracy": float(np.mean(correct)),
+             "pair_margin_mean": float(np.mean([p.margin for p in pairs])) if pairs else 0.0,
              "gold_mean": float(np.mean([gold_reward(t, p.answer) for t, p in zip(texts, expanded)])),
              # how well the ranker (e.g. the model judging itself) separates right from wrong
              "ranker_auc": auc(scores, correct)}

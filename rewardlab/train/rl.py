@@ -168,8 +168,9 @@ class RolloutWorker:
     self.task = make_task(config.data.task, **config.data.task_kwargs)
     self.extra_rewards = dict(reward_model_rewards(config, mesh),
                               majority_vote=lambda c, p, l: majority_vote_reward(c, rc.group_size))
-    if "self_certainty" not in rc.rewards:
-      self.reward_fn = combine(dict(rc.rewards), extra=self.extra_rewards)
+    # self-certainty comes from each round's sampler outputs: its reward_fn is built per round
+    self.reward_fn = (None if "self_certainty" in rc.rewards
+                      else combine(dict(rc.rewards), extra=self.extra_rewards))
     sp = SamplingParams(max_new_tokens=rc.max_new_tokens, n=rc.group_size,
                         temperature=rc.temperature, top_p=rc.top_p,
                         stop_ids=(policy.tokenizer.eos_id,))
