@@ -54,7 +54,8 @@ def main():
     summary = rl.run(config, workdir)
     if not os.path.isdir(shared):
       shutil.copytree(os.path.join(workdir, "sft_warmup"), shared)
-    start, end = summary["evals"][0], summary["evals"][-1]
+    evals = [r for r in summary["records"] if r["split"] == "eval"]   # also when resumed
+    start, end = evals[0], evals[-1]
     row = {"run": name, "acc_before": start["accuracy"], "acc_after": end["accuracy"],
            "pass1_after": end["pass@1"], **{k: end.get(k, float("nan")) for k in SELECTION},
            "judge_auc": float("nan"), "wall_s": summary["wall_s"]}
