@@ -16,7 +16,7 @@ from flax import nnx
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
-from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE
+from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, kto_loss
 from rewardlab.ops import masked_sum
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -36,8 +36,22 @@ def summed_logprobs(model, tokens, valid, loss_mask, chunk: int):
   return masked_sum(logps, mask, axis=-1), jnp.sum(mask, -1).astype(jnp.float32)
 
 
+def kto_on_pairs(logp_w, logp_l, ref_w, ref_l, *, beta: float = 0.1, **hp):
+  """KTO fed from pairs: chosen completions are the desirable examples, rejected the
+  undesirable ones (unpaired inside the loss); adds the paired metrics for comparison."""
+  loss, metrics = kto_loss(jnp.concatenate([logp_w, logp_l]), jnp.concatenate([ref_w, ref_l]),
+                           jnp.arange(2 * logp_w.shape[0]) < logp_w.shape[0], beta=beta, **hp)
+  rw, rl = beta * (logp_w - ref_w), beta * (logp_l - ref_l)
+  return loss, dict(metrics, reward_accuracy=jnp.mean((rw > rl).astype(jnp.float32)),
+                    logp_chosen=jnp.mean(logp_w), logp_rejected=jnp.mean(logp_l))
+
+
+# objectives the pair pipelines (dpo, online_dpo) train with
+PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs}
+
+
 def make_preference_loss_fn(objective_cfg, chunk: int):
-  fn = PAIRED[objective_cfg.name]
+  fn = PAIR_OBJECTIVES[objective_cfg.name]
   hp = {k: objective_cfg[k] for k in HYPERPARAMS if objective_cfg.get(k) is not None}
 
   def loss_fn(model, batch: PairBatch, rng):
