@@ -12,7 +12,6 @@ and the trend of the chosen log-prob (last minus first logged). Writes <out>/tab
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import dpo_synthetic  # noqa: E402
 import online_dpo_synthetic  # noqa: E402
+from rewardlab.eval.tables import write_results  # noqa: E402
 from rewardlab.train import online_preference, preference  # noqa: E402
 from rewardlab.train.preference import PAIR_OBJECTIVES  # noqa: E402
 
@@ -57,15 +57,7 @@ def main():
            "logp_chosen_trend": train[-1]["logp_chosen"] - train[0]["logp_chosen"]}
     results.append(row)
     print(row, flush=True)
-  keys = list(results[0])
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  for r in results:
-    lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print("\n".join(lines))
+  print(write_results(results, args.out))
 
 
 if __name__ == "__main__":

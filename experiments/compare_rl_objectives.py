@@ -9,7 +9,6 @@ before and after RL, final KL to the reference, mean response length, wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import grpo_arithmetic  # noqa: E402
+from rewardlab.eval.tables import write_results  # noqa: E402
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES  # noqa: E402
 from rewardlab.train import rl  # noqa: E402
 
@@ -51,16 +51,7 @@ def main():
         "reward_last10": sum(r["reward"] for r in train[-10:]) / 10,
         "length": train[-1]["response_length"], "wall_s": summary["wall_s"]})
     print(results[-1], flush=True)
-  keys = list(results[0])
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  for r in results:
-    lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
-  table = "\n".join(lines)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(table + "\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(table)
+  print(write_results(results, args.out))
 
 
 if __name__ == "__main__":

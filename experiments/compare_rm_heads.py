@@ -11,7 +11,6 @@ policy's samples (gold of the RM's pick vs a random pick). Writes <out>/table.md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import numpy as np  # noqa: E402
 
 import rm_synthetic  # noqa: E402
+from rewardlab.eval.tables import write_results  # noqa: E402
 from rewardlab.data import make_task  # noqa: E402
 from rewardlab.eval.best_of_n import policy_best_of_n  # noqa: E402
 from rewardlab.rewards.reward_model import RewardModelScorer  # noqa: E402
@@ -97,15 +97,7 @@ def main():
     row["wall_s"] = summary["wall_s"]
     results.append(row)
     print(row, flush=True)
-  keys = list(dict.fromkeys(k for r in results for k in r))
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  for r in results:
-    lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |")
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print("\n".join(lines))
+  print(write_results(results, args.out))
 
 
 if __name__ == "__main__":

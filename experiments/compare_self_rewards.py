@@ -13,7 +13,6 @@ Writes <out>/table.md and <out>/results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ import grpo_arithmetic  # noqa: E402
 import grpo_label_free  # noqa: E402
 import grpo_laser  # noqa: E402
 import self_rewarding  # noqa: E402
+from rewardlab.eval.tables import write_results  # noqa: E402
 from rewardlab.train import online_preference, rl  # noqa: E402
 
 RL_RUNS = {
@@ -72,15 +72,7 @@ def main():
          "judge_auc": sum(r["ranker_auc"] for r in rounds) / len(rounds), "wall_s": summary.get("wall_s", float("nan"))}
   results.append(row)
   print(row, flush=True)
-  keys = list(results[0])
-  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  for r in results:
-    lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print("\n".join(lines))
+  print(write_results(results, args.out))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,10 @@ def test_bad_pairs_are_errors_or_counted_skips(tmp_path):
                      "first_skipped_at": f"{path}:2"}
   with pytest.raises(ValueError, match=r"preference pair 1 .* over data.seq_len=16"):
     drop_too_long(load_preferences(str(path), {}), ByteTokenizer(), 16)
+
+
+def test_kto_trains_from_pairs_in_the_pipeline(tmp_path):
+  kto = preference.run(_micro("kto"), str(tmp_path / "kto"))
+  train = [r for r in kto["records"] if r["split"] == "train"]
+  assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
+  assert train[0]["kl_reference_point"] == pytest.approx(0.0, abs=1e-5)   # policy == reference at step 1
