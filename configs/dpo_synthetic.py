@@ -3,7 +3,8 @@
 
 Run:   rewardlab train --config configs/dpo_synthetic.py[:tiny]
 Other objectives on the same data and budget:
-       --config.objective.name=cdpo | robust_dpo | ipo | hinge | simpo | orpo | rpo
+       --config.objective.name=cdpo | robust_dpo | ipo | hinge | simpo | orpo | rpo | kto | sppo
+       (or configs/dpo_<objective>.py)
 Hyperparameters: --config.objective.beta=0.2 --config.objective.label_smoothing=0.1 ...
 Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  ({"prompt", "chosen", "rejected"} rows)
                --config.data.on_bad_pair=skip  counts bad rows (chosen == rejected, empty,
@@ -22,7 +23,8 @@ def get_config(variant: str = "", objective: str = "dpo"):
   # None = the objective function's own default
   c.objective = ml_collections.ConfigDict(dict(
       name=objective, beta=placeholder(float), label_smoothing=placeholder(float),
-      gamma=placeholder(float), lam=placeholder(float), alpha=placeholder(float)))
+      gamma=placeholder(float), lam=placeholder(float), alpha=placeholder(float),
+      eta=placeholder(float)))
   c.data.update(num_pairs=4096, label_noise=0.0, p_answer=1.0, batch_size=64)
   c.data.pref_path = ""
   c.data.on_bad_pair = "error"   # or "skip": count chosen==rejected / empty / too-long pairs and go on

@@ -56,3 +56,12 @@ def test_self_rewarding_round_pairs_rank_by_the_models_own_judge_and_train(tmp_p
   assert all(0.0 <= r["ranker_auc"] <= 1.0 or np.isnan(r["ranker_auc"]) for r in rounds)
   train = [r for r in summary["records"] if r["split"] == "train"]
   assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
+
+
+def test_sppo_win_probabilities_from_the_group():
+  s = np.array([0.1, 0.9, 0.5, 0.5])
+  assert online_preference.win_prob_in_group(s, 1) == 1.0
+  assert online_preference.win_prob_in_group(s, 0) == 0.0
+  assert online_preference.win_prob_in_group(s, 2) == pytest.approx((1 + 0.5) / 3)
+  pairs, _ = online_preference.best_vs_worst(["a"] * 4, ["1", "2", "3", "4"], s, 4, 0.0, lambda p, c: True)
+  assert pairs[0].win_probs == (1.0, 0.0)

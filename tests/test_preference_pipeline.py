@@ -131,3 +131,11 @@ def test_kto_trains_from_pairs_in_the_pipeline(tmp_path):
   train = [r for r in kto["records"] if r["split"] == "train"]
   assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
   assert train[0]["kl_reference_point"] == pytest.approx(0.0, abs=1e-5)   # policy == reference at step 1
+
+
+def test_sppo_trains_from_pairs_in_the_pipeline(tmp_path):
+  sppo = preference.run(_micro("sppo"), str(tmp_path / "sppo"))
+  train = [r for r in sppo["records"] if r["split"] == "train"]
+  assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
+  # labelled pairs: P(chosen > pi) = 1, P(rejected > pi) = 0 -> targets +-eta/2, mean 0
+  assert train[0]["target_mean"] == pytest.approx(0.0) and train[0]["loss"] == pytest.approx(0.25, rel=1e-3)

@@ -29,16 +29,19 @@ class PreferencePair(NamedTuple):
   rejected_ratings: tuple | None = None
   chosen_steps: tuple | None = None
   rejected_steps: tuple | None = None
+  win_probs: tuple | None = None   # (P(chosen > pi), P(rejected > pi)) from on-policy groups (SPPO)
 
 
 class PairBatch(NamedTuple):
   """Chosen rows [0, B) and rejected rows [B, 2B) of right-padded sequences, so one
   forward pass scores both. tokens/valid/loss_mask: [2B, T]; ref_logps: [2B] summed
-  reference log-probs of each completion (zeros for reference-free objectives)."""
+  reference log-probs of each completion (zeros for reference-free objectives);
+  win_prob: [2B] each completion's estimated P(y > pi) (SPPO; 1 / 0 for labelled pairs)."""
   tokens: np.ndarray
   valid: np.ndarray
   loss_mask: np.ndarray
   ref_logps: np.ndarray
+  win_prob: np.ndarray
 
 
 REQUIRED = ("prompt", "chosen", "rejected")
@@ -207,7 +210,9 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
   rows = [Problem(p.prompt, p.chosen) for p in pairs] + [Problem(p.prompt, p.rejected) for p in pairs]
   b = sft_batch(rows, tokenizer, seq_len)
   ref = np.zeros((2 * len(pairs),), np.float32) if ref_logps is None else ref_logps
-  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32))
+  wins = [p.win_probs or (1.0, 0.0) for p in pairs]
+  win = np.array([w[0] for w in wins] + [w[1] for w in wins], np.float32)
+  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win)
 
 
 # --- synthetic reward-model data -----------------------------------------------------------

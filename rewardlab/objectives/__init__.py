@@ -5,7 +5,7 @@ OBJECTIVES = {**sft.OBJECTIVES, **policy_gradient.OBJECTIVES, **preference.OBJEC
               **reward_model.OBJECTIVES}
 # which objectives each pipeline accepts
 PIPELINE_OBJECTIVES = {"sft": sorted(sft.OBJECTIVES), "rl": sorted(policy_gradient.PG_OBJECTIVES),
-                       "dpo": sorted(preference.PAIRED) + ["kto"],
-                       "online_dpo": sorted(preference.PAIRED) + ["kto"], "rm": sorted(reward_model.OBJECTIVES)}
+                       "dpo": sorted(preference.PAIRED) + ["kto", "sppo"],
+                       "online_dpo": sorted(preference.PAIRED) + ["kto", "sppo"], "rm": sorted(reward_model.OBJECTIVES)}
 
 __all__ = ["OBJECTIVES", "PIPELINE_OBJECTIVES"]

@@ -56,6 +56,12 @@ def make_judge(config, policy, mesh):
                mesh, config.eval.batch_size)
 
 
+def win_prob_in_group(scores: np.ndarray, i: int) -> float:
+  """P(y_i > pi) estimated against the other members of its group (ties count 1/2)."""
+  others = np.delete(scores, i)
+  return float(np.mean((scores[i] > others) + 0.5 * (scores[i] == others)))
+
+
 def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits) -> tuple[list, dict]:
   """Pairs each group's highest-scored completion with its lowest. Skips (and counts)
   groups whose gap is below min_margin, whose best and worst texts are equal, or that do
@@ -72,7 +78,8 @@ def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits) -> tu
     elif not (fits(prompt, chosen) and fits(prompt, rejected)):
       skipped["too_long"] += 1
     else:
-      pairs.append(PreferencePair(prompt, chosen, rejected, float(s[hi] - s[lo]), "on_policy"))
+      pairs.append(PreferencePair(prompt, chosen, rejected, float(s[hi] - s[lo]), "on_policy",
+                                  win_probs=(win_prob_in_group(s, hi), win_prob_in_group(s, lo))))
   return pairs, skipped
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
-from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, kto_loss
+from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, kto_loss, sppo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -26,7 +26,7 @@ from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import build_policy
 from rewardlab.train.state import create_train_state
 
-HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha")
+HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta")
 
 
 def summed_logprobs(model, tokens, valid, loss_mask, chunk: int):
@@ -46,8 +46,19 @@ def kto_on_pairs(logp_w, logp_l, ref_w, ref_l, *, beta: float = 0.1, **hp):
                     logp_chosen=jnp.mean(logp_w), logp_rejected=jnp.mean(logp_l))
 
 
+def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.0, beta: float = 0.1, **_):
+  """SPPO on both completions of each pair, each regressed toward eta (P(y > pi) - 1/2);
+  P comes from the on-policy group (online) or is 1 / 0 for a labelled pair (offline)."""
+  loss, metrics = sppo_loss(jnp.concatenate([logp_w, logp_l]), jnp.concatenate([ref_w, ref_l]),
+                            jnp.concatenate([win_w, win_l]), eta=eta)
+  rw, rl = beta * (logp_w - ref_w), beta * (logp_l - ref_l)
+  return loss, dict(metrics, reward_chosen=jnp.mean(rw), reward_rejected=jnp.mean(rl),
+                    reward_margin=jnp.mean(rw - rl), reward_accuracy=jnp.mean((rw > rl).astype(jnp.float32)),
+                    logp_chosen=jnp.mean(logp_w), logp_rejected=jnp.mean(logp_l))
+
+
 # objectives the pair pipelines (dpo, online_dpo) train with
-PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs}
+PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
 
 
 def make_preference_loss_fn(objective_cfg, chunk: int):
@@ -59,7 +70,7 @@ def make_preference_loss_fn(objective_cfg, chunk: int):
     logps, lengths = summed_logprobs(model, batch.tokens, batch.valid, batch.loss_mask, chunk)
     b = logps.shape[0] // 2
     return fn(logps[:b], logps[b:], batch.ref_logps[:b], batch.ref_logps[b:],
-              len_w=lengths[:b], len_l=lengths[b:], **hp)
+              len_w=lengths[:b], len_l=lengths[b:], win_w=batch.win_prob[:b], win_l=batch.win_prob[b:], **hp)
   return loss_fn
 
 
