@@ -70,3 +70,34 @@ def test_cli_trains_and_resumes(tmp_path):
   from rewardlab.train.metrics import read_metrics
   steps = [r["step"] for r in read_metrics(str(tmp_path), "eval")]
   assert steps == [0, 2, 4]  # resumed from step 2 without re-running step 0's eval
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+def test_every_config_file_validates(name):
+  """Every experiment config (default and tiny) passes start-up validation."""
+  for variant in ("", "tiny"):
+    _validate(load_config(name, variant), n_devices=1)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: setattr(c.rm.head, "type", "tree"), r"config.rm.head.type='tree'; allowed"),
+    (lambda c: setattr(c.rm.head, "aggregation", "max"), r"config.rm.head.aggregation='max'"),
+    (lambda c: setattr(c.rm, "label_smoothing", 0.7), r"rm.label_smoothing: 0.7 must be in \[0, 0.5\)"),
+    (lambda c: setattr(c.data, "label_noise", 1.5), r"data.label_noise: 1.5 must be in \[0, 1\]"),
+])
+def test_rm_config_errors(edit, match):
+  c = load_config("rm_synthetic")
+  edit(c)
+  with pytest.raises(ConfigError, match=match):
+    _validate(c, n_devices=1)
+
+
+def test_online_and_rl_reward_config_errors():
+  c = load_config("online_dpo_synthetic")
+  c.online.ranker = "/nowhere"
+  with pytest.raises(ConfigError, match="online.ranker: '/nowhere': 'gold', 'self_judge' or a reward-model folder"):
+    _validate(c, n_devices=1)
+  c = load_config("grpo_arithmetic")
+  c.rl.rewards = {"reward_model": 1.0}
+  with pytest.raises(ConfigError, match=r"'reward_model' needs rl.reward_model_path"):
+    _validate(c, n_devices=1)

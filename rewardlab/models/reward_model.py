@@ -48,8 +48,10 @@ class HeadConfig:
   def __post_init__(self):
     if self.type not in HEAD_TYPES:
       raise ValueError(f"head.type={self.type!r}; allowed: {list(HEAD_TYPES)}")
-    if self.type == "ensemble" and self.aggregation not in H.ENSEMBLE_AGGREGATIONS:
+    if self.aggregation not in H.ENSEMBLE_AGGREGATIONS:
       raise ValueError(f"head.aggregation={self.aggregation!r}; allowed: {sorted(H.ENSEMBLE_AGGREGATIONS)}")
+    if self.step_aggregation not in ("min", "last", "product"):
+      raise ValueError(f"head.step_aggregation={self.step_aggregation!r}; allowed: min, last, product")
     if self.type == "ensemble" and self.num_members < 2:
       raise ValueError(f"head.num_members={self.num_members}: an ensemble needs >= 2")
     if self.independent_trunks and self.type != "ensemble":
