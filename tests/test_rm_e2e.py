@@ -25,7 +25,7 @@ def test_rm_tiny_heldout_accuracy_and_best_of_n_beats_random(tmp_path):
   workdir = str(tmp_path / "rm")
   out = reward_model.run(config, workdir)
   report = out["report"]
-  assert report["accuracy"] >= 0.80, report
+  assert report["accuracy"] >= 0.85, report
   assert report["by_subset"]["length_trap"]["count"] > 0 and report["best_of_4"]["count"] > 0
   with open(os.path.join(workdir, "rm_eval.md")) as f:
     assert "best-of-4" in f.read()
