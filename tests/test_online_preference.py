@@ -65,3 +65,34 @@ def test_sppo_win_probabilities_from_the_group():
   assert online_preference.win_prob_in_group(s, 2) == pytest.approx((1 + 0.5) / 3)
   pairs, _ = online_preference.best_vs_worst(["a"] * 4, ["1", "2", "3", "4"], s, 4, 0.0, lambda p, c: True)
   assert pairs[0].win_probs == (1.0, 0.0)
+
+
+def test_kendall_tau_and_temporal_and_cream_pairs():
+  assert online_preference.kendall_tau(np.array([1., 2, 3]), np.array([10., 20, 30])) == 1.0
+  assert online_preference.kendall_tau(np.array([1., 2, 3]), np.array([3., 2, 1])) == -1.0
+  new, old = ["9", "8"], ["1", "2"]
+  pairs, _ = online_preference.best_vs_worst(["a", "a"], new, np.array([0.2, 0.9]), 2, 0.0,
+                                             lambda p, c: True, older=(old, np.array([0.5, 0.1])),
+                                             consistency=np.array([0.75]))
+  assert (pairs[0].chosen, pairs[0].rejected) == ("8", "2")      # newer model's best, older's worst
+  assert pairs[0].smoothing == pytest.approx(0.25) and pairs[0].margin == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("variant", ["cream", "temporal"])
+def test_self_rewarding_variants_run_and_resume(variant, tmp_path):
+  config = load_config("self_rewarding", "tiny")
+  micro = micro_online_config()
+  for section in ("model", "online", "train", "eval"):
+    config[section].update(dict(micro[section]))
+  config.online.update(ranker="self_judge", reference="previous", min_margin=0.0, **{variant: True})
+  config.sft_warmup.update(steps=4, judge_fraction=0.5)
+  config.data.batch_size = 8
+  full = online_preference.run(config, str(tmp_path / "full"))
+  rounds = full["rounds"]
+  assert len(rounds) == 2 and all(r["pairs_kept"] >= 8 for r in rounds)
+  if variant == "cream":
+    assert rounds[0]["judge_consistency"] == 1.0 and 0.0 <= rounds[1]["judge_consistency"] <= 1.0
+  online_preference.run(config, str(tmp_path / "cut"), stop_at_step=3)
+  resumed = online_preference.run(config, str(tmp_path / "cut"))
+  strip = lambda recs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]  # noqa: E731
+  assert strip(resumed["records"]) == strip(full["records"])

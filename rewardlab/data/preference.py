@@ -30,18 +30,21 @@ class PreferencePair(NamedTuple):
   chosen_steps: tuple | None = None
   rejected_steps: tuple | None = None
   win_probs: tuple | None = None   # (P(chosen > pi), P(rejected > pi)) from on-policy groups (SPPO)
+  smoothing: float = 0.0           # per-pair label smoothing (CREAM: 1 - judge consistency)
 
 
 class PairBatch(NamedTuple):
   """Chosen rows [0, B) and rejected rows [B, 2B) of right-padded sequences, so one
   forward pass scores both. tokens/valid/loss_mask: [2B, T]; ref_logps: [2B] summed
   reference log-probs of each completion (zeros for reference-free objectives);
-  win_prob: [2B] each completion's estimated P(y > pi) (SPPO; 1 / 0 for labelled pairs)."""
+  win_prob: [2B] each completion's estimated P(y > pi) (SPPO; 1 / 0 for labelled pairs);
+  smoothing: [2B] the pair's label smoothing on both of its rows (CREAM)."""
   tokens: np.ndarray
   valid: np.ndarray
   loss_mask: np.ndarray
   ref_logps: np.ndarray
   win_prob: np.ndarray
+  smoothing: np.ndarray
 
 
 REQUIRED = ("prompt", "chosen", "rejected")
@@ -212,7 +215,8 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
   ref = np.zeros((2 * len(pairs),), np.float32) if ref_logps is None else ref_logps
   wins = [p.win_probs or (1.0, 0.0) for p in pairs]
   win = np.array([w[0] for w in wins] + [w[1] for w in wins], np.float32)
-  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win)
+  smooth = np.array([p.smoothing for p in pairs] * 2, np.float32)
+  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win, smooth)
 
 
 # --- synthetic reward-model data -----------------------------------------------------------

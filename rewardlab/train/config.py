@@ -177,6 +177,9 @@ def _validate_online(config, model):
   _check(oc.ranker in ("gold", "self_judge") or os.path.exists(os.path.join(oc.ranker, "rm.json"))
          or os.path.exists(os.path.join(oc.ranker, "config.json")), "online.ranker",
          f"{oc.ranker!r}: 'gold', 'self_judge' or a reward-model folder (rm.json / HF config.json)")
+  if oc.get("cream"):
+    _check(config.objective.name in ("dpo", "cdpo"), "online.cream",
+           f"CREAM smooths DPO pairs; objective.name={config.objective.name!r} must be dpo or cdpo")
   if oc.ranker == "self_judge":
     _check("judge" in config, "judge", "missing section (template, mode, score_tokens, max_len)")
   _one_of(config, "online.reference", ("initial", "previous"))

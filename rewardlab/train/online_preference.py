@@ -62,24 +62,37 @@ def win_prob_in_group(scores: np.ndarray, i: int) -> float:
   return float(np.mean((scores[i] > others) + 0.5 * (scores[i] == others)))
 
 
-def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits) -> tuple[list, dict]:
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+  """Rank agreement of two score vectors: (concordant - discordant) / pairs; ties count 0."""
+  i, j = np.triu_indices(len(a), 1)
+  return float(np.mean(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])))
+
+
+def best_vs_worst(prompts, texts, scores, n: int, min_margin: float, fits, older=None,
+                  consistency=None) -> tuple[list, dict]:
   """Pairs each group's highest-scored completion with its lowest. Skips (and counts)
   groups whose gap is below min_margin, whose best and worst texts are equal, or that do
-  not fit the context (`fits(prompt, completion)`)."""
+  not fit the context (`fits(prompt, completion)`).
+
+  older: (texts, scores) of an older model's samples for the same prompts (temporal
+  self-rewarding: the rejected is the older model's worst). consistency [G]: each group's
+  judge agreement C in [0, 1] with the previous round (CREAM: pair smoothing 1 - C)."""
   pairs, skipped = [], {"small_margin": 0, "identical": 0, "too_long": 0}
+  old_texts, old_scores = older if older is not None else (texts, scores)
   for g in range(len(prompts) // n):
-    s = scores[g * n:(g + 1) * n]
-    hi, lo = int(np.argmax(s)), int(np.argmin(s))
-    chosen, rejected, prompt = texts[g * n + hi], texts[g * n + lo], prompts[g * n]
-    if s[hi] - s[lo] < min_margin or hi == lo:
+    s, s_old = scores[g * n:(g + 1) * n], old_scores[g * n:(g + 1) * n]
+    hi, lo = int(np.argmax(s)), int(np.argmin(s_old))
+    chosen, rejected, prompt = texts[g * n + hi], old_texts[g * n + lo], prompts[g * n]
+    if s[hi] - s_old[lo] < min_margin or (older is None and hi == lo):
       skipped["small_margin"] += 1
     elif chosen == rejected:
       skipped["identical"] += 1
     elif not (fits(prompt, chosen) and fits(prompt, rejected)):
       skipped["too_long"] += 1
     else:
-      pairs.append(PreferencePair(prompt, chosen, rejected, float(s[hi] - s[lo]), "on_policy",
-                                  win_probs=(win_prob_in_group(s, hi), win_prob_in_group(s, lo))))
+      pairs.append(PreferencePair(prompt, chosen, rejected, float(s[hi] - s_old[lo]), "on_policy",
+                                  win_probs=(win_prob_in_group(s, hi), win_prob_in_group(s_old, lo)),
+                                  smoothing=0.0 if consistency is None else 1.0 - float(consistency[g])))
   return pairs, skipped
 
 
@@ -100,12 +113,18 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   initial = jax.tree.map(jnp.copy, policy.full_params())
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen={"base": policy.frozen})
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), spr, tc.keep_checkpoints)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), spr, max(tc.keep_checkpoints, 2))
+  previous = None   # CREAM: the previous round's judge (its round-start params)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
+    if oc.get("cream") and int(state.step) == spr:     # round 0 started from the initial policy
+      previous = jax.tree.map(jnp.copy, initial)
+    elif oc.get("cream") and int(state.step) > spr:
+      prev_state = ckpt.restore(state, step=int(state.step) - spr)
+      previous = jax.tree.map(jnp.copy, policy.full_params(prev_state.params, prev_state.frozen["base"]))
   ckpt.close()
   merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
-  loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
+  loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk, per_pair_smoothing=bool(oc.get("cream")))
   sample = make_sample_fn(policy.graphdef, SamplingParams(
       oc.max_new_tokens, n=oc.samples_per_prompt, temperature=oc.temperature,
       stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
@@ -120,6 +139,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
 
   for r in range(int(state.step) // spr, tc.steps // spr):
     params = policy.full_params(state.params, state.frozen["base"])
+    # own buffers: the update step donates the state that `params` may alias
+    round_start = jax.tree.map(jnp.copy, params) if oc.get("cream") else None
     ref = initial if oc.reference == "initial" else jax.tree.map(jnp.copy, params)
     problems = task.sample_many(np.random.default_rng([config.seed, 31, r]), oc.prompts_per_round)
     pb = prompt_batch([p.prompt for p in problems], tok, config.eval.max_prompt_len)
@@ -129,14 +150,27 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     expanded = [p for p in problems for _ in range(n)]
     prompts = [p.prompt for p in expanded]
     scores = np.asarray(rank(params, prompts, texts, expanded))
-    pairs, skipped = best_vs_worst(prompts, texts, scores, n, oc.min_margin, fits)
+    older, consistency, extra = None, None, {}
+    if oc.get("temporal"):   # rejected from the initial (older) model's samples, judged now
+      old = jax.device_get(sample(initial, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.fold_in(key, 1)))
+      old_texts = tok.decode_batch(old.tokens)
+      older = (old_texts, np.asarray(rank(params, prompts, old_texts, expanded)))
+    if oc.get("cream"):      # agreement of this round's and the previous round's judge
+      if previous is None:
+        consistency = np.ones(len(problems))
+      else:
+        prev_scores = np.asarray(rank(previous, prompts, texts, expanded))
+        consistency = np.array([(kendall_tau(scores[g * n:(g + 1) * n], prev_scores[g * n:(g + 1) * n]) + 1) / 2
+                                for g in range(len(problems))])
+      extra["judge_consistency"] = float(consistency.mean())
+    pairs, skipped = best_vs_worst(prompts, texts, scores, n, oc.min_margin, fits, older, consistency)
     correct = [task.verify(t, p.answer) for t, p in zip(texts, expanded)]
     stats = {"pairs_kept": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()},
              "ranker_score_mean": float(scores.mean()), "accuracy": float(np.mean(correct)),
              "pair_margin_mean": float(np.mean([p.margin for p in pairs])) if pairs else 0.0,
              "gold_mean": float(np.mean([gold_reward(t, p.answer) for t, p in zip(texts, expanded)])),
              # how well the ranker (e.g. the model judging itself) separates right from wrong
-             "ranker_auc": auc(scores, correct)}
+             "ranker_auc": auc(scores, correct), **extra}
     if len(pairs) < dc.batch_size:
       raise ValueError(f"online round {r}: only {len(pairs)} pairs kept (skipped {skipped}), fewer than "
                        f"data.batch_size={dc.batch_size}; raise online.prompts_per_round or lower "
@@ -168,6 +202,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                   plot_panels=(("train", "loss"), ("train", "reward_accuracy"), ("eval", "gold_reward"),
                                ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
     state = summary["state"]
+    previous = round_start
     if stop_at_step is not None and int(state.step) >= stop_at_step:
       break
   writer.close()

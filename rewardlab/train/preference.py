@@ -16,7 +16,7 @@ from flax import nnx
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
-from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, kto_loss, sppo_loss
+from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -61,16 +61,18 @@ def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.
 PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
 
 
-def make_preference_loss_fn(objective_cfg, chunk: int):
-  fn = PAIR_OBJECTIVES[objective_cfg.name]
+def make_preference_loss_fn(objective_cfg, chunk: int, per_pair_smoothing: bool = False):
+  """`per_pair_smoothing` (CREAM): conservative DPO with each pair's own label smoothing."""
+  fn = cdpo_loss if per_pair_smoothing else PAIR_OBJECTIVES[objective_cfg.name]
   hp = {k: objective_cfg[k] for k in HYPERPARAMS if objective_cfg.get(k) is not None}
 
   def loss_fn(model, batch: PairBatch, rng):
     del rng
     logps, lengths = summed_logprobs(model, batch.tokens, batch.valid, batch.loss_mask, chunk)
     b = logps.shape[0] // 2
+    kw = dict(hp, label_smoothing=batch.smoothing[:b]) if per_pair_smoothing else hp
     return fn(logps[:b], logps[b:], batch.ref_logps[:b], batch.ref_logps[b:],
-              len_w=lengths[:b], len_l=lengths[b:], win_w=batch.win_prob[:b], win_l=batch.win_prob[b:], **hp)
+              len_w=lengths[:b], len_l=lengths[b:], win_w=batch.win_prob[:b], win_l=batch.win_prob[b:], **kw)
   return loss_fn
 
 
