@@ -32,6 +32,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
       rewards=ml_collections.ConfigDict({"exact_answer": 1.0, "format": 0.1})))
   # LaSeR: coef > 0 adds (beta (log pi(token | x, y) - c) - verifier)^2 to the loss
   c.laser = ml_collections.ConfigDict(dict(coef=0.0, beta=0.1, token="#"))
+  # SPARK: coef > 0 adds the NLL of judging each rollout (verifier-labelled yes/no) to the loss
+  c.spark = ml_collections.ConfigDict(dict(coef=0.0))
+  c.judge = ml_collections.ConfigDict(dict(
+      template="{question}{answer}\nok?", mode="p_yes", score_tokens=("Y", "N"), max_len=20))
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)

@@ -3,6 +3,7 @@
     python experiments/compare_self_rewards.py [--variant tiny] [--out runs/compare_self]
 
 Runs (one shared SFT warm-up for the GRPO runs, copied): verifier-reward GRPO, GRPO + LaSeR,
+GRPO + SPARK (judge AUC = the model judging its own held-out samples),
 label-free GRPO with self-certainty, label-free GRPO with majority vote, and the
 self-rewarding DPO loop (its own warm-up also teaches judging). Reports held-out greedy
 accuracy before/after, pass@1, test-time selection over 8 samples (plain majority,
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import grpo_arithmetic  # noqa: E402
 import grpo_label_free  # noqa: E402
 import grpo_laser  # noqa: E402
+import grpo_spark  # noqa: E402
 import self_rewarding  # noqa: E402
 from rewardlab.eval.tables import write_results  # noqa: E402
 from rewardlab.train import online_preference, rl  # noqa: E402
@@ -31,6 +33,7 @@ from rewardlab.train import online_preference, rl  # noqa: E402
 RL_RUNS = {
     "GRPO (verifier)": lambda v: grpo_arithmetic.get_config(v),
     "GRPO + LaSeR": lambda v: grpo_laser.get_config(v),
+    "GRPO + SPARK": lambda v: grpo_spark.get_config(v),
     "GRPO self-certainty (label-free)": lambda v: grpo_label_free.get_config(f"{v},self_certainty"),
     "GRPO majority vote (label-free)": lambda v: grpo_label_free.get_config(f"{v},majority_vote"),
 }
@@ -58,7 +61,7 @@ def main():
     start, end = evals[0], evals[-1]
     row = {"run": name, "acc_before": start["accuracy"], "acc_after": end["accuracy"],
            "pass1_after": end["pass@1"], **{k: end.get(k, float("nan")) for k in SELECTION},
-           "judge_auc": float("nan"), "wall_s": summary["wall_s"]}
+           "judge_auc": end.get("judge_auc", float("nan")), "wall_s": summary["wall_s"]}
     results.append(row)
     print(row, flush=True)
   config = self_rewarding.get_config(args.variant)

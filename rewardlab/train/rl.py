@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.data import make_task, prompt_batch
+from rewardlab.data import Problem, make_task, prompt_batch, sft_batch
 from rewardlab.eval import pass_at_k
 from rewardlab.eval.plots import plot_curves
 from rewardlab.objectives import policy_gradient as pg
@@ -47,6 +47,8 @@ class Rollout(NamedTuple):
   old_values:      [B, N]      PPO: value-head outputs at rollout time (zeros otherwise)
   returns:         [B, N]      PPO: GAE returns, the value targets (zeros otherwise)
   verifier_reward: [B]         the verifier's 0/1 outcome (LaSeR's target; logged otherwise)
+  judge_tokens/judge_valid/judge_loss_mask: [B, Tj]  SPARK: each rollout as a pointwise
+                               judge example labelled by the verifier ([B, 1] zeros otherwise)
   """
   tokens: np.ndarray
   valid: np.ndarray
@@ -57,6 +59,9 @@ class Rollout(NamedTuple):
   old_values: np.ndarray
   returns: np.ndarray
   verifier_reward: np.ndarray
+  judge_tokens: np.ndarray
+  judge_valid: np.ndarray
+  judge_loss_mask: np.ndarray
 
 
 class ActorCritic(nnx.Module):
@@ -93,6 +98,7 @@ def make_rl_loss_fn(settings: dict, chunk: int):
   ppo = settings["advantage"] == "gae"
 
   laser = settings.get("laser_coef", 0.0) > 0
+  spark = settings.get("spark_coef", 0.0) > 0
 
   def loss_fn(model, batch: Rollout, rng):
     del rng
@@ -105,25 +111,32 @@ def make_rl_loss_fn(settings: dict, chunk: int):
       hidden = completion_hidden(policy, batch.tokens, batch.valid, n)
     logp_new, entropy = chunked_token_logprobs(hidden, policy.unembedding(),
                                                batch.tokens[:, -n:], chunk, with_entropy=True)
-    if laser:
+    if ppo:
+      values = model.value_head(hidden)
+      loss, metrics = pg.ppo_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask, batch.advantages,
+                                  values, batch.old_values, batch.returns, clip_low=settings["clip_low"],
+                                  clip_high=settings["clip_high"], value_clip=settings["value_clip"],
+                                  value_coef=settings["value_coef"], aggregation=settings["aggregation"],
+                                  max_len=n, entropy=entropy)
+    else:
       loss, metrics = pg.policy_gradient_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask,
                                               batch.advantages, max_len=n, entropy=entropy, **loss_kwargs)
+    if laser:   # LaSeR: last-token self-reward regressed onto the verifier outcome
       score = laser_score(last_token_logprob(policy, full, batch.valid, settings["laser_token"]),
                           settings["laser_beta"], settings["laser_c"])
       aux = laser_loss(score, batch.verifier_reward)
       right = batch.verifier_reward > 0.5
       mean_where = lambda m: jnp.sum(score * m) / jnp.maximum(jnp.sum(m), 1.0)  # noqa: E731
-      return loss + settings["laser_coef"] * aux, dict(
-          metrics, laser_loss=aux, laser_score_correct=mean_where(right), laser_score_wrong=mean_where(~right))
-    if ppo:
-      values = model.value_head(hidden)
-      return pg.ppo_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask, batch.advantages,
-                         values, batch.old_values, batch.returns, clip_low=settings["clip_low"],
-                         clip_high=settings["clip_high"], value_clip=settings["value_clip"],
-                         value_coef=settings["value_coef"], aggregation=settings["aggregation"],
-                         max_len=n, entropy=entropy)
-    return pg.policy_gradient_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask,
-                                   batch.advantages, max_len=n, entropy=entropy, **loss_kwargs)
+      loss = loss + settings["laser_coef"] * aux
+      metrics = dict(metrics, laser_loss=aux, laser_score_correct=mean_where(right),
+                     laser_score_wrong=mean_where(~right))
+    if spark:   # SPARK: the same model learns to judge this batch's rollouts (verifier labels)
+      judge_logp = sft.sequence_logprobs(policy, batch.judge_tokens, batch.judge_valid, chunk)
+      jmask = batch.judge_loss_mask[:, 1:]
+      nll = -jnp.sum(judge_logp * jmask) / jnp.maximum(jnp.sum(jmask), 1.0)
+      loss = loss + settings["spark_coef"] * nll
+      metrics = dict(metrics, spark_judge_nll=nll)
+    return loss, metrics
   return loss_fn
 
 
@@ -166,6 +179,10 @@ class RolloutWorker:
     rc = config.rl
     self.config, self.policy, self.mesh, self.settings = config, policy, mesh, settings
     self.task = make_task(config.data.task, **config.data.task_kwargs)
+    self.judge = None
+    if config.get("spark") and config.spark.coef > 0:
+      from rewardlab.train.online_preference import make_judge
+      self.judge = make_judge(config, policy, mesh)
     self.extra_rewards = dict(reward_model_rewards(config, mesh),
                               majority_vote=lambda c, p, l: majority_vote_reward(c, rc.group_size))
     # self-certainty comes from each round's sampler outputs: its reward_fn is built per round
@@ -215,6 +232,25 @@ class RolloutWorker:
     pg.check_rewards(rewards, rc.group_size, need_groups=self.settings["advantage"] != "reinforce_pp")
     return pb, out, rewards, components
 
+  def spark_examples(self, pb, out, verifier):
+    """SPARK's pointwise judge examples: (question, this rollout's answer) -> yes/no by the
+    verifier, as an SFT batch [B, Tj]; [B, 1] zeros when SPARK is off."""
+    rows = out.tokens.shape[0]
+    if self.judge is None:
+      z = np.zeros((rows, 1), np.int32)
+      return z, z.astype(bool), z.astype(bool)
+    tok, g = self.policy.tokenizer, self.config.rl.group_size
+    prompts = [tok.decode([t for t, v in zip(row, ok) if v and t != tok.bos_id])
+               for row, ok in zip(np.repeat(pb.tokens, g, 0), np.repeat(pb.valid, g, 0))]
+    answers = tok.decode_batch(out.tokens)
+    examples = self.judge.examples([Problem(p, "") for p in prompts], answers, np.asarray(verifier) > 0.5)
+    seq = self.config.judge.max_len + 2
+    fits = np.array([len(tok.encode(e.prompt, bos=True)) + len(tok.encode(e.answer, eos=True)) <= seq
+                     for e in examples])
+    # an answer too long for the judge prompt becomes an empty (fully masked) example
+    b = sft_batch([e if ok else Problem("", e.answer) for e, ok in zip(examples, fits)], tok, seq)
+    return b.tokens, b.valid, b.loss_mask & fits[:, None]
+
   def collect(self, params, ref_params, iteration: int, value_params=None) -> tuple[Rollout, dict]:
     rc = self.config.rl
     g = rc.group_size
@@ -251,9 +287,10 @@ class RolloutWorker:
     if keep_groups is not None:  # groups that could not be refilled carry no gradient
       adv = adv * jnp.repeat(jnp.asarray(keep_groups), g)[:, None]
     stats["zero_adv_groups"] = float(pg.zero_grad_group_fraction(adv.sum(-1), g))
+    judge = self.spark_examples(pb, out, verifier)
     rollout = Rollout(tokens, valid, out.mask, np.asarray(out.logps_model), np.asarray(logp_ref),
                       np.asarray(adv), np.asarray(old_values), np.asarray(returns),
-                      np.asarray(verifier, np.float32))
+                      np.asarray(verifier, np.float32), *judge)
     return rollout, stats
 
 
@@ -304,6 +341,10 @@ def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p, set
   pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
 
   laser = settings is not None and settings.get("laser_coef", 0.0) > 0
+  judge = None
+  if settings is not None and settings.get("spark_coef", 0.0) > 0:
+    from rewardlab.train.online_preference import make_judge
+    judge = make_judge(config, policy, mesh)
   if laser:
     @jax.jit
     def laser_scores(params, tokens, valid):
@@ -329,6 +370,10 @@ def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p, set
     result[f"majority@{n}"] = sel_acc(select_by_vote(texts, n))
     result[f"sc_borda@{n}"] = sel_acc(select_by_vote(texts, n, borda_weights(sc, n)))
     result["sc_auc"] = auc(sc, right)
+    if judge is not None:   # SPARK: how well the policy judges its own samples
+      j = judge.score(params, [problems[i // n].prompt for i in range(len(texts))], texts)
+      result["judge_auc"] = auc(j, right)
+      result["judge_accuracy"] = float(np.mean((j > 0.5) == right))
     if laser:
       full = shard_batch((np.concatenate([np.repeat(pb.tokens, n, 0), out.tokens], 1),
                           np.concatenate([np.repeat(pb.valid, n, 0), out.mask], 1)), mesh)
@@ -385,6 +430,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   worker = RolloutWorker(config, policy, mesh, settings, value_graphdef)
   if config.get("laser") and config.laser.coef > 0:
     settings.update(laser_settings(config, worker, ref))
+  if config.get("spark") and config.spark.coef > 0:
+    settings["spark_coef"] = config.spark.coef
   policy_part = (lambda p: p["policy"]) if ppo else (lambda p: p)
   evaluate = make_rl_evaluator(config, policy, mesh, policy_part, settings)
 
