@@ -33,9 +33,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
   # LaSeR: coef > 0 adds (beta (log pi(token | x, y) - c) - verifier)^2 to the loss
   c.laser = ml_collections.ConfigDict(dict(coef=0.0, beta=0.1, token="#"))
   # SPARK: coef > 0 adds the NLL of judging each rollout (verifier-labelled yes/no) to the loss
-  c.spark = ml_collections.ConfigDict(dict(coef=0.0))
+  # (pairwise: one "which is better?" example per group that has a right and a wrong rollout)
+  c.spark = ml_collections.ConfigDict(dict(coef=0.0, pairwise=True))
   c.judge = ml_collections.ConfigDict(dict(
-      template="{question}{answer}\nok?", mode="p_yes", score_tokens=("Y", "N"), max_len=20))
+      template="{question}{answer}\nok?", mode="p_yes", score_tokens=("Y", "N"), max_len=28))
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)

@@ -112,3 +112,16 @@ def test_laser_score_formula_one_position_and_gradient_toward_verifier():
     h2, _ = m2.hidden_states(tokens, valid=valid)
     s2 = sr.laser_score(sr.last_token_logprob(m2, h2, valid, z), beta, c)
     assert abs(float(s2[0] - target)) < abs(float(s[0] - target))
+
+
+def test_spark_pairwise_examples_pick_a_right_and_a_wrong_answer_and_alternate_sides():
+  from rewardlab.data.tasks import Problem
+  from rewardlab.train.rl import pairwise_judge_examples
+  prompts = ["1+1="] * 3 + ["2+2="] * 3 + ["3+3="] * 3
+  answers = ["3", "2", "5", "4", "1", "0", "7", "8", "9"]
+  right = np.array([False, True, False, True, False, False, False, False, False])
+  point = [Problem(f"p{i}", "x") for i in range(9)]
+  out = pairwise_judge_examples(point, prompts, answers, right, 3)
+  assert out[0] == Problem("1+1=A:2\nB:3\nbetter?", "A")        # group 0: correct on side A
+  assert out[3] == Problem("2+2=A:1\nB:4\nbetter?", "B")        # group 1: correct on side B
+  assert out[6] == point[6] and out[1:3] == point[1:3]          # no correct answer: unchanged

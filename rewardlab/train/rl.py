@@ -243,7 +243,10 @@ class RolloutWorker:
     prompts = [tok.decode([t for t, v in zip(row, ok) if v and t != tok.bos_id])
                for row, ok in zip(np.repeat(pb.tokens, g, 0), np.repeat(pb.valid, g, 0))]
     answers = tok.decode_batch(out.tokens)
-    examples = self.judge.examples([Problem(p, "") for p in prompts], answers, np.asarray(verifier) > 0.5)
+    right = np.asarray(verifier) > 0.5
+    examples = self.judge.examples([Problem(p, "") for p in prompts], answers, right)
+    if self.config.spark.get("pairwise"):
+      examples = pairwise_judge_examples(examples, prompts, answers, right, g)
     seq = self.config.judge.max_len + 2
     fits = np.array([len(tok.encode(e.prompt, bos=True)) + len(tok.encode(e.answer, eos=True)) <= seq
                      for e in examples])
@@ -292,6 +295,24 @@ class RolloutWorker:
                       np.asarray(adv), np.asarray(old_values), np.asarray(returns),
                       np.asarray(verifier, np.float32), *judge)
     return rollout, stats
+
+
+PAIRWISE_TEMPLATE = "{question}A:{a}\nB:{b}\nbetter?"
+
+
+def pairwise_judge_examples(examples, prompts, answers, right, g: int):
+  """SPARK pairwise: in each group with a correct and a wrong rollout, the group's first row
+  becomes "which is better?" over (first correct, first wrong) -> "A" / "B"; the correct
+  answer's side alternates with the group index so position carries no signal."""
+  examples = list(examples)
+  for start in range(0, len(prompts), g):
+    ok = right[start:start + g]
+    if ok.any() and not ok.all():
+      good = answers[start + int(np.argmax(ok))].split("\n", 1)[0]
+      bad = answers[start + int(np.argmin(ok))].split("\n", 1)[0]
+      a, b, label = (good, bad, "A") if (start // g) % 2 == 0 else (bad, good, "B")
+      examples[start] = Problem(PAIRWISE_TEMPLATE.format(question=prompts[start], a=a, b=b), label)
+  return examples
 
 
 def laser_settings(config, worker: "RolloutWorker", ref_params) -> dict:
