@@ -3,9 +3,11 @@
 
 Run:   rewardlab train --config configs/dpo_synthetic.py[:tiny]
 Other objectives on the same data and budget:
-       --config.objective.name=cdpo | robust_dpo | ipo | hinge | simpo | orpo | rpo | kto | sppo
+       --config.objective.name=cdpo | robust_dpo | ipo | hinge | simpo | orpo | rpo | kto | sppo | tgdpo
        (or configs/dpo_<objective>.py)
 Hyperparameters: --config.objective.beta=0.2 --config.objective.label_smoothing=0.1 ...
+TGDPO reads per-token rewards: the synthetic data's gold digit rewards, or
+  chosen_token_rewards / rejected_token_rewards lists in your rows (one per completion token + EOS).
 Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  ({"prompt", "chosen", "rejected"} rows)
                --config.data.on_bad_pair=skip  counts bad rows (chosen == rejected, empty,
                too long for data.seq_len) instead of stopping at the first
@@ -24,7 +26,7 @@ def get_config(variant: str = "", objective: str = "dpo"):
   c.objective = ml_collections.ConfigDict(dict(
       name=objective, beta=placeholder(float), label_smoothing=placeholder(float),
       gamma=placeholder(float), lam=placeholder(float), alpha=placeholder(float),
-      eta=placeholder(float)))
+      eta=placeholder(float), token_alpha=placeholder(float)))
   c.data.update(num_pairs=4096, label_noise=0.0, p_answer=1.0, batch_size=64)
   c.data.pref_path = ""
   c.data.on_bad_pair = "error"   # or "skip": count chosen==rejected / empty / too-long pairs and go on

@@ -139,3 +139,27 @@ def test_sppo_trains_from_pairs_in_the_pipeline(tmp_path):
   assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
   # labelled pairs: P(chosen > pi) = 1, P(rejected > pi) = 0 -> targets +-eta/2, mean 0
   assert train[0]["target_mean"] == pytest.approx(0.0) and train[0]["loss"] == pytest.approx(0.25, rel=1e-3)
+
+
+def test_gold_token_rewards_and_tgdpo_in_the_pipeline(tmp_path):
+  from rewardlab.data import ByteTokenizer
+  from rewardlab.data.preference import PreferencePair, gold_token_rewards, pair_batch
+  assert gold_token_rewards("124", "123") == (1.0, 1.0, -1.0, 0.0)      # + EOS
+  assert gold_token_rewards("9123\n.", "123") == (-1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
+  pair = PreferencePair("1+2=", "3", "4", chosen_token_rewards=(1.0, 0.0), rejected_token_rewards=(-1.0, 0.0))
+  b = pair_batch([pair], ByteTokenizer(), 10, token_rewards=True)
+  # log-prob index 4 predicts token 5, the first completion token after BOS + "1+2="
+  np.testing.assert_array_equal(b.token_rewards[:, 4:6], [[1.0, 0.0], [-1.0, 0.0]])
+  assert b.token_rewards[:, :4].sum() == 0 and b.token_rewards[:, 6:].sum() == 0
+  with pytest.raises(ValueError, match="has no token rewards"):
+    pair_batch([pair._replace(chosen_token_rewards=None)], ByteTokenizer(), 10, token_rewards=True)
+  cfg = _micro("tgdpo")
+  tg = preference.run(cfg, str(tmp_path / "tgdpo"))
+  cfg0 = _micro("tgdpo")
+  cfg0.objective.token_alpha = 0.0                      # alpha = 0 is DPO exactly
+  dpo = preference.run(_micro("dpo"), str(tmp_path / "dpo"))
+  tg0 = preference.run(cfg0, str(tmp_path / "tg0"))
+  first = lambda s: [r for r in s["records"] if r["split"] == "train"]  # noqa: E731
+  assert [r["loss"] for r in first(tg0)] == pytest.approx([r["loss"] for r in first(dpo)], rel=1e-4)
+  assert all(np.isfinite(r["loss"]) for r in first(tg))
+  assert first(tg)[-1]["loss"] != pytest.approx(first(dpo)[-1]["loss"], rel=1e-4)

@@ -31,6 +31,8 @@ class PreferencePair(NamedTuple):
   rejected_steps: tuple | None = None
   win_probs: tuple | None = None   # (P(chosen > pi), P(rejected > pi)) from on-policy groups (SPPO)
   smoothing: float = 0.0           # per-pair label smoothing (CREAM: 1 - judge consistency)
+  chosen_token_rewards: tuple | None = None    # one reward per completion token (TGDPO)
+  rejected_token_rewards: tuple | None = None
 
 
 class PairBatch(NamedTuple):
@@ -38,17 +40,22 @@ class PairBatch(NamedTuple):
   forward pass scores both. tokens/valid/loss_mask: [2B, T]; ref_logps: [2B] summed
   reference log-probs of each completion (zeros for reference-free objectives);
   win_prob: [2B] each completion's estimated P(y > pi) (SPPO; 1 / 0 for labelled pairs);
-  smoothing: [2B] the pair's label smoothing on both of its rows (CREAM)."""
+  smoothing: [2B] the pair's label smoothing on both of its rows (CREAM);
+  token_rewards: [2B, T-1] per-token rewards aligned with next-token log-probs (TGDPO; else [2B, 1]);
+  ref_token_logps: [2B, T-1] the reference's per-token log-probs (TGDPO; else [2B, 1])."""
   tokens: np.ndarray
   valid: np.ndarray
   loss_mask: np.ndarray
   ref_logps: np.ndarray
   win_prob: np.ndarray
   smoothing: np.ndarray
+  token_rewards: np.ndarray
+  ref_token_logps: np.ndarray
 
 
 REQUIRED = ("prompt", "chosen", "rejected")
-_LISTS = ("chosen_ratings", "rejected_ratings", "chosen_steps", "rejected_steps")
+_LISTS = ("chosen_ratings", "rejected_ratings", "chosen_steps", "rejected_steps",
+          "chosen_token_rewards", "rejected_token_rewards")
 
 
 def pair_from_row(row, where: str) -> PreferencePair:
@@ -187,7 +194,8 @@ def rm_corruption(answer: str, rng: np.random.Generator, p_slip: float) -> str:
 
 
 def synthetic_pairs(task: Task, rng: np.random.Generator, n: int, label_noise: float = 0.0,
-                    split: str = "train", p_answer: float = 0.5) -> list[PreferencePair]:
+                    split: str = "train", p_answer: float = 0.5,
+                    token_rewards: bool = False) -> list[PreferencePair]:
   """Pairs ranked by `gold_reward`: two candidates per prompt (the answer with prob
   `p_answer`, else two corruptions), chosen = higher gold; labels flipped with prob
   `label_noise`."""
@@ -202,12 +210,28 @@ def synthetic_pairs(task: Task, rng: np.random.Generator, n: int, label_noise: f
     chosen, rejected = (a, b) if ga > gb else (b, a)
     if rng.random() < label_noise:
       chosen, rejected = rejected, chosen
-    pairs.append(PreferencePair(p.prompt, chosen, rejected, abs(ga - gb), task.name))
+    tok = dict(chosen_token_rewards=gold_token_rewards(chosen, p.answer),
+               rejected_token_rewards=gold_token_rewards(rejected, p.answer)) if token_rewards else {}
+    pairs.append(PreferencePair(p.prompt, chosen, rejected, abs(ga - gb), task.name, **tok))
   return pairs
 
 
+def gold_token_rewards(completion: str, answer: str) -> tuple:
+  """Token-level gold reward for byte-tokenised synthetic answers: per character of the
+  completion (then 0 for its EOS), +1 for a digit that matches the answer's digit at the
+  same right-aligned place, -1 for a wrong or extra digit, 0 for anything else."""
+  first = completion.split("\n", 1)[0]
+  rewards = [0.0] * len(completion.encode("utf-8"))
+  for k, ch in enumerate(first):
+    if ch.isdigit():
+      place = len(first) - 1 - k
+      rewards[k] = 1.0 if place < len(answer) and answer[len(answer) - 1 - place] == ch else -1.0
+  return tuple(rewards) + (0.0,)
+
+
 def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
-               ref_logps: np.ndarray | None = None) -> PairBatch:
+               ref_logps: np.ndarray | None = None, ref_token_logps: np.ndarray | None = None,
+               token_rewards: bool = False) -> PairBatch:
   """Encodes `BOS prompt completion EOS` for chosen then rejected; loss on completion+EOS."""
   from rewardlab.data.batching import sft_batch
   rows = [Problem(p.prompt, p.chosen) for p in pairs] + [Problem(p.prompt, p.rejected) for p in pairs]
@@ -216,7 +240,20 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
   wins = [p.win_probs or (1.0, 0.0) for p in pairs]
   win = np.array([w[0] for w in wins] + [w[1] for w in wins], np.float32)
   smooth = np.array([p.smoothing for p in pairs] * 2, np.float32)
-  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win, smooth)
+  n = 2 * len(pairs)
+  tok_r = np.zeros((n, seq_len - 1 if token_rewards else 1), np.float32)
+  if token_rewards:
+    for i, r in enumerate([p.chosen_token_rewards for p in pairs] + [p.rejected_token_rewards for p in pairs]):
+      if r is None:
+        raise ValueError(f"pair_batch: row {i % len(pairs)} has no token rewards (TGDPO needs "
+                         "chosen_token_rewards / rejected_token_rewards)")
+      start = int(np.argmax(b.loss_mask[i])) - 1        # log-prob index of the first completion token
+      if len(r) != int(b.loss_mask[i].sum()):
+        raise ValueError(f"pair_batch: row {i % len(pairs)} has {len(r)} token rewards for "
+                         f"{int(b.loss_mask[i].sum())} completion tokens (incl. EOS)")
+      tok_r[i, start:start + len(r)] = r
+  ref_tok = (np.zeros((n, 1), np.float32) if ref_token_logps is None else ref_token_logps.astype(np.float32))
+  return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win, smooth, tok_r, ref_tok)
 
 
 # --- synthetic reward-model data -----------------------------------------------------------

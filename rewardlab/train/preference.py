@@ -16,7 +16,7 @@ from flax import nnx
 from rewardlab.data import make_task, prompt_batch
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
-from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss
+from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -26,7 +26,8 @@ from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import build_policy
 from rewardlab.train.state import create_train_state
 
-HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta")
+HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha")
+TOKEN_LEVEL = ("tgdpo",)   # objectives that need per-token rewards and reference log-probs
 
 
 def summed_logprobs(model, tokens, valid, loss_mask, chunk: int):
@@ -61,10 +62,26 @@ def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.
 PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
 
 
+def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, token_alpha: float = 1.0, **_):
+  """TGDPO: DPO with per-token weights from the token-level reward r_t: chosen tokens
+  w = max(0, 1 + alpha r_t) (push good tokens up harder), rejected tokens
+  w = max(0, 1 - alpha r_t) (push bad tokens down harder); alpha = 0 is DPO."""
+  logps = sft.sequence_logprobs(model, batch.tokens, batch.valid, chunk)       # [2B, T-1]
+  mask = batch.loss_mask[:, 1:].astype(jnp.float32)
+  b = logps.shape[0] // 2
+  r = batch.token_rewards
+  w_w = jnp.maximum(1.0 + token_alpha * r[:b], 0.0)
+  w_l = jnp.maximum(1.0 - token_alpha * r[b:], 0.0)
+  ref = batch.ref_token_logps
+  return tgdpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], mask[:b], mask[b:], w_w, w_l, beta=beta)
+
+
 def make_preference_loss_fn(objective_cfg, chunk: int, per_pair_smoothing: bool = False):
   """`per_pair_smoothing` (CREAM): conservative DPO with each pair's own label smoothing."""
-  fn = cdpo_loss if per_pair_smoothing else PAIR_OBJECTIVES[objective_cfg.name]
   hp = {k: objective_cfg[k] for k in HYPERPARAMS if objective_cfg.get(k) is not None}
+  if objective_cfg.name == "tgdpo":
+    return lambda model, batch, rng: tgdpo_on_pairs(model, batch, chunk, **hp)
+  fn = cdpo_loss if per_pair_smoothing else PAIR_OBJECTIVES[objective_cfg.name]
 
   def loss_fn(model, batch: PairBatch, rng):
     del rng
@@ -85,17 +102,23 @@ def load_pairs(config, task, tokenizer, skipped: dict | None = None):
     pairs = load_preferences(dc.pref_path, skip)
   else:
     pairs = synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
-                            label_noise=dc.label_noise, p_answer=dc.p_answer)
+                            label_noise=dc.label_noise, p_answer=dc.p_answer,
+                            token_rewards=config.objective.name in TOKEN_LEVEL)
   return drop_too_long(pairs, tokenizer, dc.seq_len, skip)
 
 
-def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk):
-  """One pass of the frozen reference over the dataset -> [N, 2] (chosen, rejected)."""
+def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk,
+                    per_token: bool = False):
+  """One pass of the frozen reference over the dataset -> [N, 2] (chosen, rejected) summed
+  completion log-probs, or with per_token [N, 2, T-1] masked per-token log-probs."""
   @jax.jit
   def score(params, tokens, valid, mask):
-    return summed_logprobs(nnx.merge(graphdef, params), tokens, valid, mask, chunk)[0]
+    model = nnx.merge(graphdef, params)
+    if per_token:
+      return sft.sequence_logprobs(model, tokens, valid, chunk) * mask[:, 1:]
+    return summed_logprobs(model, tokens, valid, mask, chunk)[0]
 
-  out = np.zeros((len(pairs), 2), np.float32)
+  out = np.zeros((len(pairs), 2) + ((seq_len - 1,) if per_token else ()), np.float32)
   for s in range(0, len(pairs), batch_size):
     chunk_pairs = list(pairs[s:s + batch_size])
     n = len(chunk_pairs)
@@ -167,8 +190,10 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     ref_cache, passes = np.zeros((len(pairs), 2), np.float32), 0
   else:
     ref_cache = reference_logps(policy.graphdef, ref, pairs, policy.tokenizer, dc.seq_len,
-                                dc.batch_size, mesh, tc.logprob_chunk)
+                                dc.batch_size, mesh, tc.logprob_chunk,
+                                per_token=config.objective.name in TOKEN_LEVEL)
     passes = 1
+  token_level = config.objective.name in TOKEN_LEVEL
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   state = create_train_state(policy.params, optimizer, mesh, config.seed,
                              frozen={"base": policy.frozen})
@@ -180,6 +205,10 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     order = np.random.default_rng([config.seed, epoch]).permutation(len(pairs))
     idx = order[k * dc.batch_size:(k + 1) * dc.batch_size]
     ref_pair = ref_cache[idx]
+    if token_level:   # per-token cache [n, 2, T-1]: rows chosen then rejected
+      per_token = np.concatenate([ref_pair[:, 0], ref_pair[:, 1]])
+      return pair_batch([pairs[j] for j in idx], policy.tokenizer, dc.seq_len, per_token.sum(-1),
+                        ref_token_logps=per_token, token_rewards=True)
     return pair_batch([pairs[j] for j in idx], policy.tokenizer, dc.seq_len,
                       np.concatenate([ref_pair[:, 0], ref_pair[:, 1]]))
 
