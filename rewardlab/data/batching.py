@@ -27,6 +27,14 @@ class PromptBatch(NamedTuple):
   valid: np.ndarray
 
 
+def epoch_batch_indices(key, k: int, n_items: int, batch_size: int) -> np.ndarray:
+  """Indices of batch k of a dataset reshuffled every epoch: a pure function of
+  (key, k), so a resumed run sees the same batches. key: ints identifying the stream."""
+  epoch, j = divmod(k, n_items // batch_size)
+  order = np.random.default_rng([*key, epoch]).permutation(n_items)
+  return order[j * batch_size:(j + 1) * batch_size]
+
+
 def sft_batch(problems: Sequence[Problem], tokenizer: ByteTokenizer, seq_len: int) -> SequenceBatch:
   """Encodes (prompt, answer) pairs as `BOS prompt answer EOS`, loss on `answer EOS` only."""
   b = len(problems)

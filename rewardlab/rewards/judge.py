@@ -87,6 +87,13 @@ class Judge:
     return [Problem(self.prompt(p.prompt, a), yes if c else no) for p, a, c in zip(problems, answers, correct)]
 
 
+def judge_from_config(config, policy, mesh) -> Judge:
+  """The policy's judge as configured in `config.judge` (template, mode, score tokens, max_len)."""
+  jc = config.judge
+  return Judge(policy.graphdef, policy.tokenizer, jc.max_len, jc.template, jc.mode, tuple(jc.score_tokens),
+               mesh, config.eval.batch_size)
+
+
 def judge_examples(task, rng: np.random.Generator, n: int, judge: Judge, p_correct: float = 0.5) -> list[Problem]:
   """Synthetic pointwise judge data: a problem with its answer (prob p_correct) or a wrong
   one, labelled by the task's verifier."""

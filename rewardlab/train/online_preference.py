@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rewardlab.data import make_task, prompt_batch
+from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import PairBatch, PreferencePair, gold_reward, pair_batch
 from rewardlab.objectives.preference import REFERENCE_FREE
+from rewardlab.rewards.judge import judge_from_config
 from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -42,18 +44,11 @@ def make_ranker(config, mesh, policy):
     return lambda params, prompts, texts, problems: np.array(
         [gold_reward(t, p.answer) for t, p in zip(texts, problems)], np.float32)
   if oc.ranker == "self_judge":
-    judge = make_judge(config, policy, mesh)
+    judge = judge_from_config(config, policy, mesh)
     return lambda params, prompts, texts, problems: judge.score(params, prompts, texts)
   from rewardlab.rewards.reward_model import RewardModelScorer
   scorer = RewardModelScorer(oc.ranker, mesh)
   return lambda params, prompts, texts, problems: scorer.score(prompts, texts, group_size=oc.samples_per_prompt)
-
-
-def make_judge(config, policy, mesh):
-  from rewardlab.rewards.judge import Judge
-  jc = config.judge
-  return Judge(policy.graphdef, policy.tokenizer, jc.max_len, jc.template, jc.mode, tuple(jc.score_tokens),
-               mesh, config.eval.batch_size)
 
 
 def win_prob_in_group(scores: np.ndarray, i: int) -> float:
@@ -185,10 +180,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     rounds.append(dict(stats, round=r))
 
     def batch_at(i: int, pairs=pairs, ref_cache=ref_cache) -> PairBatch:
-      k = i - (i // spr) * spr
-      per_epoch = len(pairs) // dc.batch_size
-      order = np.random.default_rng([config.seed, i // spr, k // per_epoch]).permutation(len(pairs))
-      idx = order[(k % per_epoch) * dc.batch_size:(k % per_epoch + 1) * dc.batch_size]
+      idx = epoch_batch_indices([config.seed, i // spr], i % spr, len(pairs), dc.batch_size)
       return pair_batch([pairs[j] for j in idx], tok, dc.seq_len,
                         np.concatenate([ref_cache[idx, 0], ref_cache[idx, 1]]))
 

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import make_task, prompt_batch
+from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
@@ -198,12 +199,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   state = create_train_state(policy.params, optimizer, mesh, config.seed,
                              frozen={"base": policy.frozen})
   merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
-  steps_per_epoch = len(pairs) // dc.batch_size
 
   def batch_at(i: int) -> PairBatch:
-    epoch, k = divmod(i, steps_per_epoch)
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(pairs))
-    idx = order[k * dc.batch_size:(k + 1) * dc.batch_size]
+    idx = epoch_batch_indices([config.seed], i, len(pairs), dc.batch_size)
     ref_pair = ref_cache[idx]
     if token_level:   # per-token cache [n, 2, T-1]: rows chosen then rejected
       per_token = np.concatenate([ref_pair[:, 0], ref_pair[:, 1]])

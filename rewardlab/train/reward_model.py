@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rewardlab.data import load_tokenizer, make_task
+from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
                                        synthetic_rm_pairs)
 from rewardlab.eval.reward_model import rm_report, write_report
@@ -204,13 +205,10 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     raise ValueError(f"preference data: {len(train_pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   state = create_train_state(params, optimizer, mesh, config.seed)
-  steps_per_epoch = len(train_pairs) // dc.batch_size
   num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
 
   def batch_at(i: int) -> RMBatch:
-    epoch, k = divmod(i, steps_per_epoch)
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(train_pairs))
-    idx = order[k * dc.batch_size:(k + 1) * dc.batch_size]
+    idx = epoch_batch_indices([config.seed], i, len(train_pairs), dc.batch_size)
     b = rm_batch([train_pairs[j] for j in idx], tokenizer, dc.seq_len, num_attr, max_steps)
     if hc.type == "process":
       check_step_labels(b, hc.sep_id, f"training batch {i}")

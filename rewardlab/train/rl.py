@@ -22,6 +22,7 @@ from rewardlab.eval.plots import plot_curves
 from rewardlab.objectives import policy_gradient as pg
 from rewardlab.ops import chunked_token_logprobs, masked_mean
 from rewardlab.rewards import combine, exact_answer
+from rewardlab.rewards.judge import judge_from_config
 from rewardlab.rewards.self_rewards import (auc, borda_weights, laser_loss, laser_score, last_token_logprob,
                                             majority_vote_reward, select_by_vote, self_certainty)
 from rewardlab.sampling import SamplingParams, make_sample_fn
@@ -181,8 +182,7 @@ class RolloutWorker:
     self.task = make_task(config.data.task, **config.data.task_kwargs)
     self.judge = None
     if config.get("spark") and config.spark.coef > 0:
-      from rewardlab.train.online_preference import make_judge
-      self.judge = make_judge(config, policy, mesh)
+      self.judge = judge_from_config(config, policy, mesh)
     self.extra_rewards = dict(reward_model_rewards(config, mesh),
                               majority_vote=lambda c, p, l: majority_vote_reward(c, rc.group_size))
     # self-certainty comes from each round's sampler outputs: its reward_fn is built per round
@@ -364,8 +364,7 @@ def make_rl_evaluator(config, policy: Policy, mesh, policy_part=lambda p: p, set
   laser = settings is not None and settings.get("laser_coef", 0.0) > 0
   judge = None
   if settings is not None and settings.get("spark_coef", 0.0) > 0:
-    from rewardlab.train.online_preference import make_judge
-    judge = make_judge(config, policy, mesh)
+    judge = judge_from_config(config, policy, mesh)
   if laser:
     @jax.jit
     def laser_scores(params, tokens, valid):

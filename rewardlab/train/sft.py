@@ -70,9 +70,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
 
   n_judge = int(round(dc.get("judge_fraction", 0.0) * dc.batch_size))
   if n_judge:   # pointwise judge examples (answer -> yes/no) so the policy can judge itself
-    from rewardlab.train.online_preference import make_judge
-    from rewardlab.rewards.judge import judge_examples
-    judge = make_judge(config, policy, mesh)
+    from rewardlab.rewards.judge import judge_examples, judge_from_config
+    judge = judge_from_config(config, policy, mesh)
 
   def batch_at(i: int) -> SequenceBatch:
     rng = np.random.default_rng([config.seed, i])
