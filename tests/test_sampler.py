@@ -166,6 +166,29 @@ def test_early_exit_when_every_sequence_stopped(split):
   np.testing.assert_array_equal(out.lengths, 1)
 
 
+def test_growing_cache_gives_the_same_samples(split):
+  """Decoding in segments over a cache that grows (attention over ~the filled prefix only)
+  returns exactly what the fully preallocated cache does: tokens, masks, log-probs, early
+  exit. 12 new tokens in segments of 5 (uneven last segment), with a stop token."""
+  graphdef, params = split
+  batch = prompt_batch(PROMPTS, TOK, 10)
+  free = _sample(split, SamplingParams(max_new_tokens=12, temperature=0.0))[1]
+  stop = int(free.tokens[1, 6])  # row 1 stops inside the second segment
+  for base in (SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(stop,)),
+               SamplingParams(max_new_tokens=12, temperature=0.8, top_k=30, n=2, stop_ids=(stop,))):
+    grown = dataclasses.replace(base, grow_cache_every=5)
+    assert grown.segment_ends() == (5, 10, 12)
+    ref, got = (make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid,
+                                                         jax.random.PRNGKey(4)) for sp in (base, grown))
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_array_equal(got.mask, ref.mask)
+    assert int(got.steps) == int(ref.steps)
+    np.testing.assert_allclose(got.logps_model, ref.logps_model, atol=1e-5)
+    np.testing.assert_allclose(got.logps, ref.logps, atol=1e-5)
+  with pytest.raises(ValueError, match="grow_cache_every=-1 must be >= 0"):
+    SamplingParams(grow_cache_every=-1)
+
+
 def test_group_sampling_reuses_one_prefill_and_greedy_groups_agree(split):
   _, out = _sample(split, SamplingParams(max_new_tokens=5, n=4, temperature=0.0))
   toks = np.asarray(out.tokens).reshape(3, 4, 5)

@@ -54,6 +54,18 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
+def grow_cache(cache: KVCache, max_len: int) -> KVCache:
+  """The same cache with room for `max_len` slots: new slots are empty (invalid) at the end.
+  Lets a decoder start small and grow, so attention reads about the filled prefix rather
+  than every preallocated slot."""
+  extra = max_len - cache.valid.shape[1]
+  if extra < 0:
+    raise ValueError(f"grow_cache: max_len={max_len} is under the current {cache.valid.shape[1]} slots")
+  pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+  return KVCache(k=tuple(pad(k, 3) for k in cache.k), v=tuple(pad(v, 2) for v in cache.v),
+                 valid=pad(cache.valid, 1), index=cache.index)
+
+
 def positions_from_valid(valid: jax.Array) -> jax.Array:
   """RoPE positions that count only real tokens: [B, T] bool -> [B, T] int32."""
   return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
@@ -101,18 +113,31 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
   return inv_freq
 
 
-def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
-  """Rotary embedding, HF "rotate_half" layout. x: [B, T, H, Dh]; positions: [B, T];
-  inv_freq: [Dh/2] (`rope_inv_freq`) or a float theta for the unscaled default."""
-  half = x.shape[-1] // 2
+def rope_tables(positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin), each [B, T, 1, Dh/2] float32, for positions [B, T]. inv_freq: [Dh/2]
+  (`rope_inv_freq`) or a float theta for the unscaled default. Computed once per forward
+  and shared by every layer (the transcendentals otherwise repeat in each layer's fusions)."""
   if isinstance(inv_freq, (int, float)):
-    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+    raise TypeError("rope_tables: pass rope_inv_freq(cfg) or use rope(x, positions, theta)")
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
-  cos = jnp.cos(angles)[:, :, None, :]
-  sin = jnp.sin(angles)[:, :, None, :]
+  return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Rotary embedding, HF "rotate_half" layout. x: [B, T, H, Dh]; tables from `rope_tables`."""
+  cos, sin = tables
+  half = x.shape[-1] // 2
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
+  """`apply_rope` at positions [B, T]; inv_freq: [Dh/2] or a float theta (unscaled)."""
+  if isinstance(inv_freq, (int, float)):
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+  return apply_rope(x, rope_tables(positions, inv_freq))
 
 
 class Attention(nnx.Module):
@@ -133,8 +158,8 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
 
-  def __call__(self, x, positions, key_valid, query_slot, kv_cache):
-    """x: [B, T, D]; positions: [B, T]; key_valid: [B, S]; query_slot: [T] slot of each
+  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache):
+    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; key_valid: [B, S]; query_slot: [T] slot of each
     query; kv_cache: None or (k [B, KV, Dh, S], v [B, KV, S, Dh]) to write into at
     query_slot[0]."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
@@ -145,8 +170,7 @@ class Attention(nnx.Module):
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    inv_freq = rope_inv_freq(cfg)
-    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+    q, k = apply_rope(q, rope_cs), apply_rope(k, rope_cs)
     # (batch, head) lead, so neither the cache update nor the attention contractions need
     # a per-step transpose of the whole cache (layouts: see KVCache)
     k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)                 # [B,KV,Dh,T], [B,KV,T,Dh]
@@ -197,14 +221,14 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, key_valid, query_slot, kv_cache):
-    a, kv_cache = self.attn(self.attn_norm(x), positions, key_valid, query_slot, kv_cache)
+  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache):
+    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, key_valid, query_slot, kv_cache)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv_cache
 
 
-def _run_block(block, x, positions, key_valid, query_slot, kv_cache):
-  return block(x, positions, key_valid, query_slot, kv_cache)
+def _run_block(block, x, rope_cs, key_valid, query_slot, kv_cache):
+  return block(x, rope_cs, key_valid, query_slot, kv_cache)
 
 
 _run_block_remat = nnx.remat(_run_block)
@@ -244,6 +268,7 @@ class Transformer(nnx.Module):
         raise ValueError("hidden_states: positions are required when decoding with a cache")
       positions = positions_from_valid(valid)
     query_slot = index + jnp.arange(t)
+    rope_cs = rope_tables(positions, rope_inv_freq(cfg))
     x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)
@@ -251,7 +276,7 @@ class Transformer(nnx.Module):
     new_k, new_v = [], []
     for i, block in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = run(block, x, positions, key_valid, query_slot, kv)
+      x, kv = run(block, x, rope_cs, key_valid, query_slot, kv)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])

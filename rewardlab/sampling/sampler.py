@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
-from rewardlab.models.transformer import init_cache, positions_from_valid
+from rewardlab.models.transformer import grow_cache, init_cache, positions_from_valid
 from rewardlab.sharding import BATCH_AXES, shard_batch
 
 
@@ -33,6 +33,11 @@ class SamplingParams:
   """Static decoding settings (each distinct value compiles once).
 
   temperature 0 means greedy (argmax). top_k 0 and top_p 1 disable truncation.
+  grow_cache_every k > 0 starts the KV cache with room for k new tokens and grows it by k
+  between decode segments, so attention reads about the filled prefix instead of all
+  max_new_tokens slots (decode attention cost follows the current length; each segment
+  compiles its own loop, so generations up to k tokens are one loop). 0 allocates every
+  slot up front. Tokens do not depend on it.
   """
   max_new_tokens: int = 16
   n: int = 1
@@ -40,6 +45,7 @@ class SamplingParams:
   top_k: int = 0
   top_p: float = 1.0
   stop_ids: tuple[int, ...] = ()
+  grow_cache_every: int = 64
 
   def __post_init__(self):
     if self.n < 1:
@@ -52,6 +58,14 @@ class SamplingParams:
       raise ValueError(f"sampling: temperature={self.temperature} must be >= 0")
     if self.top_k < 0:
       raise ValueError(f"sampling: top_k={self.top_k} must be >= 0 (0 = off)")
+    if self.grow_cache_every < 0:
+      raise ValueError(f"sampling: grow_cache_every={self.grow_cache_every} must be >= 0 (0 = off)")
+
+  def segment_ends(self) -> tuple[int, ...]:
+    """New-token counts at which the decode loop stops to grow the cache (the last is
+    max_new_tokens)."""
+    k = self.grow_cache_every or self.max_new_tokens
+    return tuple(range(k, self.max_new_tokens, k)) + (self.max_new_tokens,)
 
 
 class SampleOutput(NamedTuple):
@@ -107,7 +121,8 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
     cfg = model.cfg
     b, p = tokens.shape
     n, new = sp.n, sp.max_new_tokens
-    cache = init_cache(cfg, b, p + new)
+    segment_ends = sp.segment_ends()
+    cache = init_cache(cfg, b, p + segment_ends[0])
     hidden, cache = model.hidden_states(tokens, positions_from_valid(valid), valid, cache)
     last_logits = model.logits(hidden[:, -1:])[:, 0]                     # [B, V]
     next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
@@ -117,19 +132,22 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
                              valid=rep(cache.valid, 0))
       last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
     bn = b * n
-    if batch_spec is not None:
-      cache = cache._replace(k=tuple(constrain(k, batch_spec) for k in cache.k),
-                             v=tuple(constrain(v, batch_spec) for v in cache.v),
-                             valid=constrain(cache.valid, batch_spec))
+
+    def constrain_cache(cache):
+      return cache if batch_spec is None else cache._replace(
+          k=tuple(constrain(k, batch_spec) for k in cache.k),
+          v=tuple(constrain(v, batch_spec) for v in cache.v), valid=constrain(cache.valid, batch_spec))
     stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
     out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
                logps=jnp.zeros((bn, new), jnp.float32),
                logps_model=jnp.zeros((bn, new), jnp.float32),
                vocab_mean_logp=jnp.zeros((bn, new), jnp.float32))
 
-    def cond(carry):
-      i, _, _, _, done, _ = carry
-      return (i < new) & ~jnp.all(done)
+    def cond(segment_end):
+      def not_done(carry):
+        i, _, _, _, done, _ = carry
+        return (i < segment_end) & ~jnp.all(done)
+      return not_done
 
     def body(carry):
       i, cache, logits, pos, done, out = carry
@@ -154,9 +172,13 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
       logits = constrain(model.logits(hidden)[:, 0], batch_spec)
       return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
 
-    init = (jnp.zeros((), jnp.int32), cache, constrain(last_logits, batch_spec), next_pos,
-            jnp.zeros((bn,), bool), out)
-    steps, _, _, _, _, out = jax.lax.while_loop(cond, body, init)
+    carry = (jnp.zeros((), jnp.int32), cache, constrain(last_logits, batch_spec), next_pos,
+             jnp.zeros((bn,), bool), out)
+    for end in segment_ends:  # static: one while loop per cache size
+      i, cache, *rest = carry
+      carry = (i, constrain_cache(grow_cache(cache, p + end)), *rest)
+      carry = jax.lax.while_loop(cond(end), body, carry)
+    steps, _, _, _, _, out = carry
     return SampleOutput(out["tokens"], out["mask"], out["logps"], out["logps_model"],
                         jnp.sum(out["mask"], axis=-1).astype(jnp.int32), steps, out["vocab_mean_logp"])
 
