@@ -1,12 +1,17 @@
 """Decode throughput of the KV-cache sampler vs naive full-recompute generation vs
 Hugging Face `transformers.generate(use_cache=True)`, on identical weights and settings.
 
-    python benchmarks/sampler.py [--batches 1,16,64] [--new 32] [--prompt 16]
+    python benchmarks/sampler.py [--models 256x4,512x4] [--batches 1,16,64] [--new 64]
 
-The model is a random Llama written by transformers and imported into rewardlab, so both
-sides run the same weights. Greedy decoding, no stop token (every row generates exactly
---new tokens). Decode FLOP/s = 2 x params x generated tokens / s, reported as a fraction
-of the f32 dense-matmul peak measured in the same run. Needs the test extra (torch).
+Each model is a random Llama (d_model x layers) written by transformers and imported into
+rewardlab, so both sides run the same weights. Greedy decoding, no stop token (every row
+generates exactly --new tokens). Decode FLOP/s = 2 x params x generated tokens / s,
+reported as a fraction of the f32 dense-matmul peak measured in the same run.
+
+"matmul floor" is the time of the decode step's weight matmuls alone at that batch (every
+weight matrix once, all distinct, so weights stream from memory as in decoding): the part
+of a step no attention or sampling work can remove; "ours/floor" says how close the whole
+sampler gets to it. Needs the test extra (torch).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -42,6 +48,28 @@ def build(folder: str, d: int, layers: int):
   return model
 
 
+def matmul_floor_time(params, batch: int) -> float:
+  """Seconds for one decode step's weight matmuls at `batch` rows: each 2-D view of a
+  weight (embedding used as the tied unembedding) times a [batch, in] activation."""
+  mats = []
+  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = str(path[-1])  # e.g. "DictKey(key='o')"
+    if w.ndim < 2:
+      continue
+    mats.append(w.reshape(-1, w.shape[-1]) if "'o'" in name else
+                w.T if "embed" in name else w.reshape(w.shape[0], -1))
+  xs = [jnp.ones((batch, m.shape[0]), m.dtype) for m in mats]
+
+  @jax.jit
+  def steps(xs, mats):  # `reps` steps in one call, like the decode loop (no dispatch per step)
+    def body(_, acc):     # inputs depend on the carry, so the dots cannot be hoisted
+      return acc + sum(jnp.sum((x + acc * 1e-30) @ m) for x, m in zip(xs, mats))
+    return jax.lax.fori_loop(0, reps, body, jnp.zeros((), jnp.float32))
+
+  reps = 16
+  return time_fn(steps, xs, mats, warmup=1, iters=5) / reps
+
+
 def hf_generate_time(model, ids, new: int, iters: int = 3) -> tuple[float, np.ndarray]:
   ids_t = torch.tensor(ids)
   kwargs = dict(attention_mask=torch.ones_like(ids_t), max_new_tokens=new, min_new_tokens=new,
@@ -56,28 +84,18 @@ def hf_generate_time(model, ids, new: int, iters: int = 3) -> tuple[float, np.nd
   return sorted(times)[len(times) // 2], out[:, ids.shape[1]:].numpy()
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--batches", default="1,16,64")
-  ap.add_argument("--new", type=int, default=64)
-  ap.add_argument("--prompt", type=int, default=16)
-  ap.add_argument("--d", type=int, default=512)
-  ap.add_argument("--layers", type=int, default=4)
-  ap.add_argument("--skip-naive-above", type=int, default=16, help="naive is quadratic; skip big batches")
-  args = ap.parse_args()
-  torch.set_num_threads(os.cpu_count() or 1)
+def bench_model(d: int, layers: int, args, peak: float):
   folder = tempfile.mkdtemp()
-  hf_model = build(folder, args.d, args.layers)
+  hf_model = build(folder, d, layers)
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
   _, cfg, graphdef, params = load_hf_model(folder, mesh)
   n_params = num_params(params)
-  peak = matmul_peak_flops()
   sample = make_sample_fn(graphdef, SamplingParams(max_new_tokens=args.new, temperature=0.0), 0)
   naive = make_naive_generate(graphdef, args.new, -1, 0)
-  print(f"model: Llama d={args.d} layers={args.layers} params={n_params:,}; prompt {args.prompt}, "
-        f"new {args.new}; f32 matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+  print(f"\nmodel: Llama d={d} layers={layers} params={n_params:,} ({4 * n_params / 2**20:.0f} MiB f32); "
+        f"prompt {args.prompt}, new {args.new}")
   print(f"{'batch':>5} {'ours tok/s':>11} {'naive tok/s':>12} {'HF tok/s':>9} {'vs naive':>9} "
-        f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'same tokens as HF':>18}")
+        f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'ours/floor':>10} {'same tokens as HF':>18}")
   for b in map(int, args.batches.split(",")):
     ids = np.random.default_rng(b).integers(3, 512, (b, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
@@ -87,13 +105,30 @@ def main():
     t_naive = (time_fn(lambda: naive(params, ids, valid)[0], warmup=1, iters=2)
                if b <= args.skip_naive_above else float("nan"))
     t_hf, hf_tokens = hf_generate_time(hf_model, ids, args.new)
+    t_floor = matmul_floor_time(params, b) * args.new
     gen = b * args.new
     rate = lambda t: gen / t
     frac = lambda t: 2 * n_params * gen / t / peak
     same = float(np.mean(ours_tokens == hf_tokens))
     print(f"{b:>5} {rate(t_ours):>11.0f} {rate(t_naive):>12.0f} {rate(t_hf):>9.0f} "
           f"{t_naive / t_ours:>8.1f}x {t_hf / t_ours:>6.1f}x {frac(t_ours):>10.1%} {frac(t_hf):>9.1%} "
-          f"{same:>18.1%}")
+          f"{t_floor / t_ours:>10.1%} {same:>18.1%}")
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--models", default="512x4", help="comma-separated d_model x layers")
+  ap.add_argument("--batches", default="1,16,64")
+  ap.add_argument("--new", type=int, default=64)
+  ap.add_argument("--prompt", type=int, default=16)
+  ap.add_argument("--skip-naive-above", type=int, default=16, help="naive is quadratic; skip big batches")
+  args = ap.parse_args()
+  torch.set_num_threads(os.cpu_count() or 1)
+  peak = matmul_peak_flops()
+  print(f"f32 matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+  for model in args.models.split(","):
+    d, layers = map(int, model.split("x"))
+    bench_model(d, layers, args, peak)
 
 
 if __name__ == "__main__":

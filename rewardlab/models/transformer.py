@@ -115,10 +115,7 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
 
 def rope_tables(positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array]:
   """(cos, sin), each [B, T, 1, Dh/2] float32, for positions [B, T]. inv_freq: [Dh/2]
-  (`rope_inv_freq`) or a float theta for the unscaled default. Computed once per forward
-  and shared by every layer (the transcendentals otherwise repeat in each layer's fusions)."""
-  if isinstance(inv_freq, (int, float)):
-    raise TypeError("rope_tables: pass rope_inv_freq(cfg) or use rope(x, positions, theta)")
+  (`rope_inv_freq`). Computed once per forward and shared by every layer."""
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
   return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
 
@@ -268,7 +265,9 @@ class Transformer(nnx.Module):
         raise ValueError("hidden_states: positions are required when decoding with a cache")
       positions = positions_from_valid(valid)
     query_slot = index + jnp.arange(t)
-    rope_cs = rope_tables(positions, rope_inv_freq(cfg))
+    # the barrier materialises cos/sin once; otherwise XLA fuses the transcendentals into
+    # every consumer and recomputes them per head and per layer
+    rope_cs = jax.lax.optimization_barrier(rope_tables(positions, rope_inv_freq(cfg)))
     x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)
