@@ -11,7 +11,10 @@ reported as a fraction of the f32 dense-matmul peak measured in the same run.
 "matmul floor" is the time of the decode step's weight matmuls alone at that batch (every
 weight matrix once, all distinct, so weights stream from memory as in decoding): the part
 of a step no attention or sampling work can remove; "ours/floor" says how close the whole
-sampler gets to it. Needs the test extra (torch).
+sampler gets to it. "vs full cache" is the same sampler with every KV slot preallocated
+(grow_cache_every=0): the gain from attending to about the filled prefix, which shows
+for generations longer than the default 64-token segment (--new 256). Needs the test
+extra (torch).
 """
 from __future__ import annotations
 
@@ -91,17 +94,21 @@ def bench_model(d: int, layers: int, args, peak: float):
   _, cfg, graphdef, params = load_hf_model(folder, mesh)
   n_params = num_params(params)
   sample = make_sample_fn(graphdef, SamplingParams(max_new_tokens=args.new, temperature=0.0), 0)
+  prealloc = make_sample_fn(graphdef, SamplingParams(max_new_tokens=args.new, temperature=0.0,
+                                                     grow_cache_every=0), 0)
   naive = make_naive_generate(graphdef, args.new, -1, 0)
   print(f"\nmodel: Llama d={d} layers={layers} params={n_params:,} ({4 * n_params / 2**20:.0f} MiB f32); "
         f"prompt {args.prompt}, new {args.new}")
   print(f"{'batch':>5} {'ours tok/s':>11} {'naive tok/s':>12} {'HF tok/s':>9} {'vs naive':>9} "
-        f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'ours/floor':>10} {'same tokens as HF':>18}")
+        f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'ours/floor':>10} {'vs full cache':>13} "
+        f"{'same tokens as HF':>18}")
   for b in map(int, args.batches.split(",")):
     ids = np.random.default_rng(b).integers(3, 512, (b, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
     rng = jax.random.PRNGKey(0)
     t_ours = time_fn(lambda: sample(params, ids, valid, rng).tokens, warmup=1, iters=5)
     ours_tokens = np.asarray(sample(params, ids, valid, rng).tokens)
+    t_prealloc = time_fn(lambda: prealloc(params, ids, valid, rng).tokens, warmup=1, iters=5)
     t_naive = (time_fn(lambda: naive(params, ids, valid)[0], warmup=1, iters=2)
                if b <= args.skip_naive_above else float("nan"))
     t_hf, hf_tokens = hf_generate_time(hf_model, ids, args.new)
@@ -112,7 +119,7 @@ def bench_model(d: int, layers: int, args, peak: float):
     same = float(np.mean(ours_tokens == hf_tokens))
     print(f"{b:>5} {rate(t_ours):>11.0f} {rate(t_naive):>12.0f} {rate(t_hf):>9.0f} "
           f"{t_naive / t_ours:>8.1f}x {t_hf / t_ours:>6.1f}x {frac(t_ours):>10.1%} {frac(t_hf):>9.1%} "
-          f"{t_floor / t_ours:>10.1%} {same:>18.1%}")
+          f"{t_floor / t_ours:>10.1%} {t_prealloc / t_ours:>12.2f}x {same:>18.1%}")
 
 
 def main():
