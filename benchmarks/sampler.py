@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from common import matmul_peak_flops, time_fn  # noqa: E402
+from common import peak_matmul_fn, time_interleaved  # noqa: E402
 from rewardlab.models.hf import load_hf_model  # noqa: E402
 from rewardlab.sampling import SamplingParams, make_naive_generate, make_sample_fn  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
@@ -51,9 +50,13 @@ def build(folder: str, d: int, layers: int):
   return model
 
 
-def matmul_floor_time(params, batch: int) -> float:
-  """Seconds for one decode step's weight matmuls at `batch` rows: each 2-D view of a
-  weight (embedding used as the tied unembedding) times a [batch, in] activation."""
+FLOOR_REPS = 16  # matmul-only steps per call, so dispatch is amortised as in the decode loop
+
+
+def matmul_floor_fn(params, batch: int):
+  """Zero-argument fn running FLOOR_REPS decode steps' worth of weight matmuls at `batch`
+  rows: each 2-D view of a weight (embedding as the tied unembedding) times a
+  [batch, in] activation."""
   mats = []
   for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
     name = str(path[-1])  # e.g. "DictKey(key='o')"
@@ -64,30 +67,27 @@ def matmul_floor_time(params, batch: int) -> float:
   xs = [jnp.ones((batch, m.shape[0]), m.dtype) for m in mats]
 
   @jax.jit
-  def steps(xs, mats):  # `reps` steps in one call, like the decode loop (no dispatch per step)
-    def body(_, acc):     # inputs depend on the carry, so the dots cannot be hoisted
+  def steps(xs, mats):
+    def body(_, acc):  # inputs depend on the carry, so the dots cannot be hoisted
       return acc + sum(jnp.sum((x + acc * 1e-30) @ m) for x, m in zip(xs, mats))
-    return jax.lax.fori_loop(0, reps, body, jnp.zeros((), jnp.float32))
+    return jax.lax.fori_loop(0, FLOOR_REPS, body, jnp.zeros((), jnp.float32))
 
-  reps = 16
-  return time_fn(steps, xs, mats, warmup=1, iters=5) / reps
+  return lambda: steps(xs, mats)
 
 
-def hf_generate_time(model, ids, new: int, iters: int = 3) -> tuple[float, np.ndarray]:
+def hf_generate_fn(model, ids, new: int):
+  """Zero-argument greedy `generate(use_cache=True)` returning the completion ids."""
   ids_t = torch.tensor(ids)
   kwargs = dict(attention_mask=torch.ones_like(ids_t), max_new_tokens=new, min_new_tokens=new,
                 do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
-  with torch.no_grad():
-    out = model.generate(ids_t, **kwargs)
-    times = []
-    for _ in range(iters):
-      t = time.perf_counter()
-      model.generate(ids_t, **kwargs)
-      times.append(time.perf_counter() - t)
-  return sorted(times)[len(times) // 2], out[:, ids.shape[1]:].numpy()
+
+  def run():
+    with torch.no_grad():
+      return model.generate(ids_t, **kwargs)[:, ids.shape[1]:].numpy()
+  return run
 
 
-def bench_model(d: int, layers: int, args, peak: float):
+def bench_model(d: int, layers: int, args):
   folder = tempfile.mkdtemp()
   hf_model = build(folder, d, layers)
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
@@ -101,25 +101,32 @@ def bench_model(d: int, layers: int, args, peak: float):
         f"prompt {args.prompt}, new {args.new}")
   print(f"{'batch':>5} {'ours tok/s':>11} {'naive tok/s':>12} {'HF tok/s':>9} {'vs naive':>9} "
         f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'ours/floor':>10} {'vs full cache':>13} "
-        f"{'same tokens as HF':>18}")
+        f"{'same tokens as HF':>18} {'peak GF/s':>9}")
+  peak_fn, peak_flops = peak_matmul_fn()
   for b in map(int, args.batches.split(",")):
     ids = np.random.default_rng(b).integers(3, 512, (b, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
     rng = jax.random.PRNGKey(0)
-    t_ours = time_fn(lambda: sample(params, ids, valid, rng).tokens, warmup=1, iters=5)
+    fns = dict(ours=lambda: sample(params, ids, valid, rng).tokens,
+               prealloc=lambda: prealloc(params, ids, valid, rng).tokens,
+               hf=hf_generate_fn(hf_model, ids, args.new), floor=matmul_floor_fn(params, b),
+               peak=peak_fn)
+    if b <= args.skip_naive_above:
+      fns["naive"] = lambda: naive(params, ids, valid)[0]
+    t = time_interleaved(fns, rounds=args.rounds)
+    t_ours, t_prealloc, t_hf = t["ours"], t["prealloc"], t["hf"]
+    t_naive = t.get("naive", float("nan"))
+    t_floor = t["floor"] / FLOOR_REPS * args.new
+    peak = peak_flops / t["peak"]
     ours_tokens = np.asarray(sample(params, ids, valid, rng).tokens)
-    t_prealloc = time_fn(lambda: prealloc(params, ids, valid, rng).tokens, warmup=1, iters=5)
-    t_naive = (time_fn(lambda: naive(params, ids, valid)[0], warmup=1, iters=2)
-               if b <= args.skip_naive_above else float("nan"))
-    t_hf, hf_tokens = hf_generate_time(hf_model, ids, args.new)
-    t_floor = matmul_floor_time(params, b) * args.new
+    hf_tokens = fns["hf"]()
     gen = b * args.new
     rate = lambda t: gen / t
     frac = lambda t: 2 * n_params * gen / t / peak
     same = float(np.mean(ours_tokens == hf_tokens))
     print(f"{b:>5} {rate(t_ours):>11.0f} {rate(t_naive):>12.0f} {rate(t_hf):>9.0f} "
           f"{t_naive / t_ours:>8.1f}x {t_hf / t_ours:>6.1f}x {frac(t_ours):>10.1%} {frac(t_hf):>9.1%} "
-          f"{t_floor / t_ours:>10.1%} {t_prealloc / t_ours:>12.2f}x {same:>18.1%}")
+          f"{t_floor / t_ours:>10.1%} {t_prealloc / t_ours:>12.2f}x {same:>18.1%} {peak / 1e9:>9.1f}")
 
 
 def main():
@@ -128,14 +135,15 @@ def main():
   ap.add_argument("--batches", default="1,16,64")
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--prompt", type=int, default=16)
+  ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--skip-naive-above", type=int, default=16, help="naive is quadratic; skip big batches")
   args = ap.parse_args()
   torch.set_num_threads(os.cpu_count() or 1)
-  peak = matmul_peak_flops()
-  print(f"f32 matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+  print(f"torch threads {torch.get_num_threads()}; every row's timings (and the f32 matmul "
+        f"peak behind %peak) come from {args.rounds} interleaved rounds, medians")
   for model in args.models.split(","):
     d, layers = map(int, model.split("x"))
-    bench_model(d, layers, args, peak)
+    bench_model(d, layers, args)
 
 
 if __name__ == "__main__":
