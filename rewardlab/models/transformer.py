@@ -284,10 +284,18 @@ class Transformer(nnx.Module):
       cache = KVCache(tuple(new_k), tuple(new_v), key_valid, index + t)
     return hidden, cache
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
-    """[B, T, D] -> [B, T, V] float32."""
-    return jnp.einsum("btd,dv->btv", hidden, self.unembedding().astype(hidden.dtype),
+  def logits(self, hidden: jax.Array, unembedding: Optional[jax.Array] = None) -> jax.Array:
+    """[B, T, D] -> [B, T, V] float32. `unembedding`: a precomputed `unembedding()`, which
+    decode loops materialise once (see `decode_unembedding`)."""
+    w = self.unembedding() if unembedding is None else unembedding
+    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype),
                       preferred_element_type=jnp.float32)
+
+  def decode_unembedding(self) -> jax.Array:
+    """[D, V] unembedding materialised in that layout. With tied embeddings it is the
+    transpose of the [V, D] table, which XLA otherwise folds into every decode step's
+    logits matmul as a transposed operand (several times slower on CPU)."""
+    return jax.lax.optimization_barrier(self.unembedding())
 
   def __call__(self, tokens, positions=None, valid=None, cache=None) -> ModelOutput:
     hidden, cache = self.hidden_states(tokens, positions, valid, cache)

@@ -132,6 +132,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
                              valid=rep(cache.valid, 0))
       last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
     bn = b * n
+    unembedding = model.decode_unembedding()
 
     def constrain_cache(cache):
       return cache if batch_spec is None else cache._replace(
@@ -169,7 +170,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
                                        jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
       done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
       hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache)
-      logits = constrain(model.logits(hidden)[:, 0], batch_spec)
+      logits = constrain(model.logits(hidden, unembedding)[:, 0], batch_spec)
       return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
 
     carry = (jnp.zeros((), jnp.int32), cache, constrain(last_logits, batch_spec), next_pos,
