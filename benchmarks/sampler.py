@@ -44,7 +44,7 @@ def build(folder: str, d: int, layers: int):
   cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=d, intermediate_size=3 * d,
                                  num_hidden_layers=layers, num_attention_heads=d // 64,
                                  num_key_value_heads=max(d // 128, 1), head_dim=64,
-                                 max_position_embeddings=256, tie_word_embeddings=True)
+                                 max_position_embeddings=1024, tie_word_embeddings=True)
   model = transformers.LlamaForCausalLM(cfg).eval()
   model.save_pretrained(folder)
   return model
