@@ -47,13 +47,14 @@ def run(mesh, config, model_cfg, batches):
 
 
 def sample(mesh, model_cfg):
-  """Group sampling (n=2) with temperature/top-p under the given mesh."""
+  """Group sampling (n=2) with temperature/top-p under the given mesh, decoding in three
+  segments over a growing cache (grown and re-sharded between segments)."""
   graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
   tok = ByteTokenizer()
   sampler = Sampler(graphdef, model_cfg.max_seq_len, tok, max_prompt_len=10, mesh=mesh)
   prompts = prompt_batch([f"{i}+{2 * i}=" for i in range(8)], tok, 10)
   out = sampler.sample(params, prompts, jax.random.PRNGKey(7), max_new_tokens=8, n=2,
-                       temperature=0.9, top_p=0.95)
+                       temperature=0.9, top_p=0.95, grow_cache_every=3)
   return np.asarray(out.tokens), np.asarray(out.logps_model), str(out.tokens.sharding.spec)
 
 
