@@ -1,5 +1,5 @@
-"""KV-cache sampler: one prefill, then a jitted `lax.while_loop` decode over a preallocated
-cache with static shapes.
+"""KV-cache sampler: one prefill, then jitted `lax.while_loop` decoding over a KV cache with
+static shapes: one loop per `grow_cache_every` segment, the cache padded between them.
 
 Prompts are **left-padded** to `max_prompt_len` (`rewardlab.data.prompt_batch`): padding
 occupies the first cache slots and is masked out, and RoPE positions count real tokens
