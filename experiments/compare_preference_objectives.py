@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import dpo_synthetic  # noqa: E402
 import online_dpo_synthetic  # noqa: E402
-from rewardlab.eval.tables import write_results  # noqa: E402
+from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.train import online_preference, preference  # noqa: E402
 from rewardlab.train.preference import PAIR_OBJECTIVES  # noqa: E402
 
@@ -43,11 +42,8 @@ def main():
     config = make.get_config(args.variant, objective)
     config.train.progress = False
     workdir = os.path.join(args.out, f"{mode}_{objective}")
-    if os.path.isdir(shared) and not os.path.isdir(os.path.join(workdir, "sft_warmup")):
-      shutil.copytree(shared, os.path.join(workdir, "sft_warmup"))
-    summary = (preference if mode == "offline" else online_preference).run(config, workdir)
-    if not os.path.isdir(shared):
-      shutil.copytree(os.path.join(workdir, "sft_warmup"), shared)
+    pipeline = preference if mode == "offline" else online_preference
+    summary = run_sharing_sft_warmup(pipeline.run, config, workdir, shared)
     evals = [r for r in summary["records"] if r["split"] == "eval"]
     train = [r for r in summary["records"] if r["split"] == "train"]
     end = evals[-1]

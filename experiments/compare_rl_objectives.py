@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +17,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import grpo_arithmetic  # noqa: E402
-from rewardlab.eval.tables import write_results  # noqa: E402
+from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES  # noqa: E402
 from rewardlab.train import rl  # noqa: E402
 
@@ -36,11 +35,7 @@ def main():
     config = grpo_arithmetic.get_config(args.variant, objective=name)
     config.train.progress = False
     workdir = os.path.join(args.out, name)
-    if os.path.isdir(shared_warmup) and not os.path.isdir(os.path.join(workdir, "sft_warmup")):
-      shutil.copytree(shared_warmup, os.path.join(workdir, "sft_warmup"))
-    summary = rl.run(config, workdir)
-    if not os.path.isdir(shared_warmup):
-      shutil.copytree(os.path.join(workdir, "sft_warmup"), shared_warmup)
+    summary = run_sharing_sft_warmup(rl.run, config, workdir, shared_warmup)
     start, end = summary["evals"][0], summary["evals"][-1]
     train = [r for r in summary["records"] if r["split"] == "train"]
     k = max(config.eval.pass_k)

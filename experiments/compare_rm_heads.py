@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import numpy as np  # noqa: E402
 
 import rm_synthetic  # noqa: E402
-from rewardlab.eval.tables import write_results  # noqa: E402
+from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.data import make_task  # noqa: E402
 from rewardlab.eval.best_of_n import policy_best_of_n  # noqa: E402
 from rewardlab.rewards.reward_model import RewardModelScorer  # noqa: E402
@@ -72,11 +71,7 @@ def main():
     for k, v in overrides.items():
       set_field(config, k, v)
     workdir = os.path.join(args.out, name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""))
-    if os.path.isdir(shared) and not os.path.isdir(os.path.join(workdir, "sft_warmup")):
-      shutil.copytree(shared, os.path.join(workdir, "sft_warmup"))
-    summary = reward_model.run(config, workdir)
-    if not os.path.isdir(shared):
-      shutil.copytree(os.path.join(workdir, "sft_warmup"), shared)
+    summary = run_sharing_sft_warmup(reward_model.run, config, workdir, shared)
     rep = summary["report"]
     row = {"run": name, "accuracy": rep["accuracy"],
            "answer_vs_wrong": rep["by_subset"].get("answer_vs_wrong", {}).get("accuracy", float("nan")),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +26,7 @@ import grpo_label_free  # noqa: E402
 import grpo_laser  # noqa: E402
 import grpo_spark  # noqa: E402
 import self_rewarding  # noqa: E402
-from rewardlab.eval.tables import write_results  # noqa: E402
+from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.train import online_preference, rl  # noqa: E402
 
 RL_RUNS = {
@@ -52,11 +51,7 @@ def main():
     config = make(args.variant)
     config.train.progress = False
     workdir = os.path.join(args.out, name.split(" (")[0].replace(" ", "_").replace("+", "plus"))
-    if os.path.isdir(shared) and not os.path.isdir(os.path.join(workdir, "sft_warmup")):
-      shutil.copytree(shared, os.path.join(workdir, "sft_warmup"))
-    summary = rl.run(config, workdir)
-    if not os.path.isdir(shared):
-      shutil.copytree(os.path.join(workdir, "sft_warmup"), shared)
+    summary = run_sharing_sft_warmup(rl.run, config, workdir, shared)
     evals = [r for r in summary["records"] if r["split"] == "eval"]   # also when resumed
     start, end = evals[0], evals[-1]
     row = {"run": name, "acc_before": start["accuracy"], "acc_after": end["accuracy"],
