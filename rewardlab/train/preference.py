@@ -187,14 +187,14 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     print(f"preference data: skipped {skipped}", flush=True)
   if len(pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
+  token_level = config.objective.name in TOKEN_LEVEL
   if config.objective.name in REFERENCE_FREE:
     ref_cache, passes = np.zeros((len(pairs), 2), np.float32), 0
   else:
     ref_cache = reference_logps(policy.graphdef, ref, pairs, policy.tokenizer, dc.seq_len,
                                 dc.batch_size, mesh, tc.logprob_chunk,
-                                per_token=config.objective.name in TOKEN_LEVEL)
+                                per_token=token_level)
     passes = 1
-  token_level = config.objective.name in TOKEN_LEVEL
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   state = create_train_state(policy.params, optimizer, mesh, config.seed,
                              frozen={"base": policy.frozen})
