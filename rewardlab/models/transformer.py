@@ -28,7 +28,7 @@ class KVCache(NamedTuple):
 
   k:     L-tuple of [B, KV, Dh, S] cached keys (RoPE applied), slot axis minor so that the
          decode scores q.k are a plain [G, Dh] x [Dh, S] matmul per (batch, kv head): with
-         Dh minor the CPU matmul repacked the whole key cache every step (3x slower)
+         Dh minor the CPU matmul repacked the whole key cache every step (2.2x slower)
   v:     L-tuple of [B, KV, S, Dh] cached values (already the [S, Dh] right operand)
          One buffer per layer, so a decode step updates each in place, never restacking.
   valid: [B, S] bool         slot holds a real (non-padding) token
@@ -156,9 +156,9 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
 
   def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache):
-    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; key_valid: [B, S]; query_slot: [T] slot of each
-    query; kv_cache: None or (k [B, KV, Dh, S], v [B, KV, S, Dh]) to write into at
-    query_slot[0]."""
+    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; key_valid: [B, S];
+    query_slot: [T] slot of each query; kv_cache: None or (k [B, KV, Dh, S],
+    v [B, KV, S, Dh]) to write into at query_slot[0]."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
