@@ -16,9 +16,11 @@ from rewardlab.train.policy import build_policy
 
 @pytest.mark.slow
 def test_rm_tiny_heldout_accuracy_and_best_of_n_beats_random(tmp_path):
-  """Measured on the 2-core CPU: held-out accuracy 0.896 on correct-vs-wrong pairs (no label
-  noise; 0.75-0.85 with 2 layers); best-of-8 by the RM over the warm-up policy's samples:
-  gold 0.628 vs 0.559 for a random pick (oracle 0.844)."""
+  """Measured on the 2-core CPU: held-out accuracy 0.896-0.901 on correct-vs-wrong pairs (no
+  label noise; 0.75-0.85 with 2 layers). Best-of-8 by the RM over the warm-up policy's samples
+  on 512 problems: gold 0.580 vs 0.511 for a random pick (oracle 0.768). The RM's edge on the
+  policy's own (near-miss) errors is small, so 64 problems were too few: their gain ranged
+  -0.02 to +0.07 over seeds, 256 problems +0.03 to +0.11."""
   config = load_config("rm_synthetic", "tiny")
   config.data.p_answer = 1.0
   config.train.update(progress=False, tensorboard=False)
@@ -35,11 +37,11 @@ def test_rm_tiny_heldout_accuracy_and_best_of_n_beats_random(tmp_path):
   policy = build_policy(config, mesh)
   params = sft.warm_start(config, workdir)[0]          # finished: restored, not retrained
   task = make_task(config.data.task, **config.data.task_kwargs)
-  problems = task.sample_many(np.random.default_rng(5), 64, split="eval")
+  problems = task.sample_many(np.random.default_rng(5), 512, split="eval")
   scorer = RewardModelScorer(out["export"], mesh)
   result = policy_best_of_n(policy.graphdef, params, policy.tokenizer, mesh, problems, scorer.score,
                             n=8, max_new_tokens=4, max_prompt_len=config.eval.max_prompt_len, seed=3)
-  assert result["gold_best_of_n"] > result["gold_random"] + 0.05, result
+  assert result["gold_best_of_n"] > result["gold_random"] + 0.02, result
   assert result["gold_best_of_n"] <= result["gold_oracle"]
 
   # the exported RM as the reward of a (very short) GRPO run
