@@ -4,6 +4,7 @@ import pytest
 
 from helpers import load_config
 from rewardlab.train import online_preference
+from rewardlab.train.step import make_update_step
 
 
 def test_best_vs_worst_pairs_and_counted_skips():
@@ -29,10 +30,17 @@ def micro_online_config(steps=4):
   return c
 
 
-def test_online_dpo_resume_equals_uninterrupted(tmp_path):
+def test_online_dpo_resume_equals_uninterrupted(tmp_path, monkeypatch):
   config = micro_online_config()
+  built = []
+  def recording(*args, **kwargs):
+    built.append(make_update_step(*args, **kwargs))
+    return built[-1]
+  monkeypatch.setattr(online_preference, "make_update_step", recording)
   full = online_preference.run(config, str(tmp_path / "full"))
   assert [r["round"] for r in full["rounds"]] == [0, 1]
+  # both rounds ran on one jitted update step, compiled once (it was rebuilt per round)
+  assert len(built) == 1 and built[0]._cache_size() == 1
   assert all(r["pairs_kept"] >= 8 for r in full["rounds"])
   online_preference.run(config, str(tmp_path / "cut"), stop_at_step=3)   # dies mid-round 1
   resumed = online_preference.run(config, str(tmp_path / "cut"))

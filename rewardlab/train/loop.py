@@ -39,9 +39,11 @@ def fit(config, workdir: str, mesh, graphdef, state: TrainState, loss_fn: LossFn
         optimizer: optax.GradientTransformation, schedule, batch_at: Callable[[int], Any],
         evaluate: Evaluator | None = None, stop_at_step: int | None = None,
         plot_panels=(("train", "loss"), ("eval", "accuracy")), merge=None,
-        tokens_in: Callable[[Any], int] = lambda b: int(np.sum(b.valid))) -> dict:
+        tokens_in: Callable[[Any], int] = lambda b: int(np.sum(b.valid)), step_fn=None) -> dict:
   """Runs updates until config.train.steps. `batch_at(i)` returns the host batch for
   update i (0-based). `stop_at_step` simulates an interruption after that update.
+  `step_fn`: a `make_update_step` result to reuse (a caller that fits in several calls, as
+  online rounds do, would otherwise get a new jitted step, and a recompile, per call).
 
   Returns a summary: final train metrics, eval history, wall time, final state.
   """
@@ -53,8 +55,9 @@ def fit(config, workdir: str, mesh, graphdef, state: TrainState, loss_fn: LossFn
     state = ckpt.restore(state)
     writer.truncate_after(int(state.step))
   start = int(state.step)
-  step_fn = make_update_step(graphdef, loss_fn, optimizer, schedule, shardings_of(state),
-                             batch_sharding(mesh), merge=merge)
+  if step_fn is None:
+    step_fn = make_update_step(graphdef, loss_fn, optimizer, schedule, shardings_of(state),
+                               batch_sharding(mesh), merge=merge)
   progress = Progress(tc.steps, initial=start, enabled=tc.progress)
   evals, last, t0 = [], {}, time.perf_counter()
 

@@ -25,7 +25,7 @@ from rewardlab.objectives.preference import REFERENCE_FREE
 from rewardlab.rewards.judge import judge_from_config
 from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import make_mesh, shard_batch
+from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
 from rewardlab.train import sft
 from rewardlab.train.checkpoint import Checkpointer
 from rewardlab.train.loop import fit
@@ -33,7 +33,8 @@ from rewardlab.train.metrics import MetricWriter, read_metrics
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import build_policy
 from rewardlab.train.preference import make_gold_evaluator, make_preference_loss_fn, reference_logps
-from rewardlab.train.state import create_train_state
+from rewardlab.train.state import create_train_state, shardings_of
+from rewardlab.train.step import make_update_step
 
 
 def make_ranker(config, mesh, policy):
@@ -123,6 +124,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   sample = make_sample_fn(policy.graphdef, SamplingParams(
       oc.max_new_tokens, n=oc.samples_per_prompt, temperature=oc.temperature,
       stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
+  # one jitted update step for every round (its shapes do not change between rounds)
+  step_fn = make_update_step(policy.graphdef, loss_fn, optimizer, schedule, shardings_of(state),
+                             batch_sharding(mesh), merge=merge)
   rank = make_ranker(config, mesh, policy)
   evaluate = make_gold_evaluator(config, policy, initial, mesh)
   n = oc.samples_per_prompt
@@ -190,7 +194,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     end = (r + 1) * spr
     eval_now = tc.eval_every > 0 and (r == 0 or end % tc.eval_every == 0 or end == tc.steps)
     summary = fit(round_config, workdir, mesh, policy.graphdef, state, loss_fn, optimizer, schedule,
-                  batch_at, evaluate if eval_now else None, stop_at_step=stop_at_step, merge=merge,
+                  batch_at, evaluate if eval_now else None, stop_at_step=stop_at_step, step_fn=step_fn,
                   plot_panels=(("train", "loss"), ("train", "reward_accuracy"), ("eval", "gold_reward"),
                                ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
     state = summary["state"]
