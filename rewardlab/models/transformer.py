@@ -249,8 +249,16 @@ class Transformer(nnx.Module):
     """[D, V] matrix mapping final hidden states to logits."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
-  def hidden_states(self, tokens, positions=None, valid=None, cache: Optional[KVCache] = None):
-    """tokens/positions/valid: [B, T]. Returns (hidden [B, T, D], updated cache or None)."""
+  def rope_table(self, n_positions: int) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin), each [n_positions, Dh/2] float32: RoPE for positions 0..n_positions-1,
+    for decode loops to compute once and pass to every step's `hidden_states`."""
+    cos, sin = rope_tables(jnp.arange(n_positions)[None], rope_inv_freq(self.cfg))  # [1, n, 1, half]
+    return cos[0, :, 0], sin[0, :, 0]
+
+  def hidden_states(self, tokens, positions=None, valid=None, cache: Optional[KVCache] = None,
+                    rope_table: Optional[tuple[jax.Array, jax.Array]] = None):
+    """tokens/positions/valid: [B, T]. Returns (hidden [B, T, D], updated cache or None).
+    rope_table: a precomputed `rope_table(n)` (n > every position) to look RoPE up in."""
     cfg = self.cfg
     b, t = tokens.shape
     valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
@@ -265,9 +273,11 @@ class Transformer(nnx.Module):
         raise ValueError("hidden_states: positions are required when decoding with a cache")
       positions = positions_from_valid(valid)
     query_slot = index + jnp.arange(t)
-    # the barrier materialises cos/sin once; otherwise XLA fuses the transcendentals into
-    # every consumer and recomputes them per head and per layer
-    rope_cs = jax.lax.optimization_barrier(rope_tables(positions, rope_inv_freq(cfg)))
+    if rope_table is not None:  # a lookup, which XLA may fuse into every consumer cheaply
+      rope_cs = tuple(t[positions][:, :, None, :] for t in rope_table)
+    else:  # the barrier materialises cos/sin once; otherwise XLA fuses the transcendentals
+      # into every consumer and recomputes them per head and per layer
+      rope_cs = jax.lax.optimization_barrier(rope_tables(positions, rope_inv_freq(cfg)))
     x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)

@@ -133,6 +133,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
       last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
     bn = b * n
     unembedding = model.decode_unembedding()
+    rope_table = model.rope_table(p + new)   # every decode position is < p + new
 
     def constrain_cache(cache):
       return cache if batch_spec is None else cache._replace(
@@ -169,7 +170,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
                  vocab_mean_logp=write(out["vocab_mean_logp"],
                                        jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
       done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache)
+      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache, rope_table)
       logits = constrain(model.logits(hidden, unembedding)[:, 0], batch_spec)
       return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
 
