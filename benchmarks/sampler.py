@@ -15,6 +15,10 @@ sampler gets to it. "vs full cache" is the same sampler with every KV slot preal
 (grow_cache_every=0): the gain from attending to about the filled prefix, which shows
 for generations longer than the default 64-token segment (--new 256). Needs the test
 extra (torch).
+
+--groups 4x8 adds a group-sampling table (4 prompts x 8 samples, temperature 1, as GRPO
+rolls out) at each --group-prompt length: the sampler with the prompt's keys/values shared
+by its n rows (the default) vs repeated n times (share_prefix=False), side by side.
 """
 from __future__ import annotations
 
@@ -103,7 +107,7 @@ def bench_model(d: int, layers: int, args):
         f"{'vs HF':>7} {'ours %peak':>10} {'HF %peak':>9} {'ours/floor':>10} {'vs full cache':>13} "
         f"{'same tokens as HF':>18} {'peak GF/s':>9}")
   peak_fn, peak_flops = peak_matmul_fn()
-  for b in map(int, args.batches.split(",")):
+  for b in [int(x) for x in args.batches.split(",") if x]:   # --batches "" skips this table
     ids = np.random.default_rng(b).integers(3, 512, (b, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
     rng = jax.random.PRNGKey(0)
@@ -127,6 +131,26 @@ def bench_model(d: int, layers: int, args):
     print(f"{b:>5} {rate(t_ours):>11.0f} {rate(t_naive):>12.0f} {rate(t_hf):>9.0f} "
           f"{t_naive / t_ours:>8.1f}x {t_hf / t_ours:>6.1f}x {frac(t_ours):>10.1%} {frac(t_hf):>9.1%} "
           f"{t_floor / t_ours:>10.1%} {t_prealloc / t_ours:>12.2f}x {same:>18.1%} {peak / 1e9:>9.1f}")
+  if args.groups:
+    bench_groups(params, graphdef, args)
+
+
+def bench_groups(params, graphdef, args):
+  prompts, n = map(int, args.groups.split("x"))
+  print(f"\ngroup sampling: {prompts} prompts x {n} samples, temperature 1, {args.new} new tokens")
+  print(f"{'prompt len':>10} {'shared tok/s':>13} {'repeated tok/s':>15} {'shared vs repeated':>19}")
+  for length in map(int, args.group_prompt.split(",")):
+    ids = np.random.default_rng(length).integers(3, 512, (prompts, length)).astype(np.int32)
+    valid = np.ones_like(ids, bool)
+    rng = jax.random.PRNGKey(0)
+    fns = {}
+    for share in (True, False):
+      fn = make_sample_fn(graphdef, SamplingParams(max_new_tokens=args.new, n=n, temperature=1.0,
+                                                   share_prefix=share), 0)
+      fns[share] = lambda fn=fn: fn(params, ids, valid, rng).tokens
+    t = time_interleaved(fns, rounds=args.rounds)
+    gen = prompts * n * args.new
+    print(f"{length:>10} {gen / t[True]:>13.0f} {gen / t[False]:>15.0f} {t[False] / t[True]:>18.2f}x")
 
 
 def main():
@@ -137,6 +161,8 @@ def main():
   ap.add_argument("--prompt", type=int, default=16)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--skip-naive-above", type=int, default=16, help="naive is quadratic; skip big batches")
+  ap.add_argument("--groups", default="", help="prompts x samples, e.g. 4x8: add the group-sampling table")
+  ap.add_argument("--group-prompt", default="16,128", help="prompt lengths of the group table")
   args = ap.parse_args()
   torch.set_num_threads(os.cpu_count() or 1)
   print(f"torch threads {torch.get_num_threads()}; every row's timings (and the f32 matmul "

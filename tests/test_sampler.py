@@ -189,6 +189,31 @@ def test_growing_cache_gives_the_same_samples(split):
     SamplingParams(grow_cache_every=-1)
 
 
+def test_shared_prompt_prefix_gives_the_same_samples_as_repeated_rows(split, model):
+  """n rows attending to one shared copy of their prompt's keys/values (a separate softmax
+  term) sample what n repeated cache rows do: tokens, masks, early exit, log-probs to float
+  rounding; also across growing-cache segments and with a stop token."""
+  graphdef, params = split
+  batch = prompt_batch(PROMPTS, TOK, 10)
+  for base in (SamplingParams(max_new_tokens=12, temperature=0.9, n=4, stop_ids=(TOK.eos_id, 50)),
+               SamplingParams(max_new_tokens=12, temperature=0.7, top_p=0.9, n=3, grow_cache_every=5),
+               SamplingParams(max_new_tokens=6, temperature=0.0, n=2)):
+    repeated = dataclasses.replace(base, share_prefix=False)
+    ref, got = (make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid,
+                                                         jax.random.PRNGKey(7)) for sp in (repeated, base))
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_array_equal(got.mask, ref.mask)
+    assert int(got.steps) == int(ref.steps)
+    np.testing.assert_allclose(got.logps_model, ref.logps_model, atol=1e-5)
+    np.testing.assert_allclose(got.logps, ref.logps, atol=1e-5)
+  from rewardlab.models import SharedPrefix, init_cache
+  cache = init_cache(CFG, 3, 4)
+  prefix = SharedPrefix(tuple(k[:2] for k in cache.k),
+                        tuple(v[:2] for v in cache.v), cache.valid[:2])
+  with pytest.raises(ValueError, match="batch \\(3\\) that is a multiple of the prefix's \\(2\\)"):
+    model.hidden_states(jnp.zeros((3, 1), jnp.int32), jnp.zeros((3, 1), jnp.int32), cache=cache, prefix=prefix)
+
+
 def test_group_sampling_reuses_one_prefill_and_greedy_groups_agree(split):
   _, out = _sample(split, SamplingParams(max_new_tokens=5, n=4, temperature=0.0))
   toks = np.asarray(out.tokens).reshape(3, 4, 5)

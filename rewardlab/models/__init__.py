@@ -1,7 +1,7 @@
 """Flax NNX models: the decoder-only policy (and, later, reward/value heads)."""
 from rewardlab.models.config import FAMILIES, ModelConfig
-from rewardlab.models.transformer import (KVCache, ModelOutput, Transformer, grow_cache,
-                                          init_cache, positions_from_valid)
+from rewardlab.models.transformer import (KVCache, ModelOutput, SharedPrefix, Transformer,
+                                          grow_cache, init_cache, positions_from_valid)
 
-__all__ = ["FAMILIES", "ModelConfig", "KVCache", "ModelOutput", "Transformer", "grow_cache",
+__all__ = ["FAMILIES", "ModelConfig", "KVCache", "ModelOutput", "SharedPrefix", "Transformer", "grow_cache",
            "init_cache", "positions_from_valid"]

@@ -40,6 +40,18 @@ class KVCache(NamedTuple):
   index: jax.Array
 
 
+class SharedPrefix(NamedTuple):
+  """Cached prompt keys/values shared by the n sequences decoded from each prompt (decode
+  rows are prompt-major: rows b*n .. b*n+n-1 continue prompt b). Decoding attends to one
+  copy per prompt instead of n, and the n rows' queries meet it as one matrix.
+
+  k: L-tuple of [B, KV, Dh, P]; v: L-tuple of [B, KV, P, Dh]; valid: [B, P] bool
+  """
+  k: tuple
+  v: tuple
+  valid: jax.Array
+
+
 class ModelOutput(NamedTuple):
   logits: jax.Array            # [B, T, V] float32
   hidden: jax.Array            # [B, T, D] final-normed hidden states (heads attach here)
@@ -137,6 +149,28 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
   return apply_rope(x, rope_tables(positions, inv_freq))
 
 
+def _attend_with_prefix(q, own_scores, own_v, prefix, dt):
+  """One softmax over a shared prompt prefix and each row's own (masked) slots.
+
+  q: [B*n, KV, G, T, Dh]; own_scores: [B*n, KV, G, T, S] f32, scaled and masked;
+  own_v: [B*n, KV, S, Dh]; prefix: (k [B, KV, Dh, P], v [B, KV, P, Dh], valid [B, P]).
+  Returns [B*n, KV, G, T, Dh]."""
+  k_p, v_p, valid_p = prefix
+  bn, kvh, g, t, hd = q.shape
+  b, n_prefix = k_p.shape[0], k_p.shape[3]
+  n = bn // b
+  # [B*n, KV, G, T, X] <-> [B, KV, n*G*T, X]: a prompt's n rows as one matrix per kv head
+  group = lambda x: x.reshape(b, n, kvh, g, t, -1).swapaxes(1, 2).reshape(b, kvh, n * g * t, -1)
+  ungroup = lambda x: x.reshape(b, kvh, n, g, t, -1).swapaxes(1, 2).reshape(bn, kvh, g, t, -1)
+  prefix_scores = jnp.einsum("bkmd,bkdp->bkmp", group(q), k_p.astype(dt),
+                             preferred_element_type=jnp.float32) * (hd ** -0.5)
+  prefix_scores = jnp.where(valid_p[:, None, None, :], prefix_scores, _MASKED)
+  probs = jax.nn.softmax(jnp.concatenate([ungroup(prefix_scores), own_scores], axis=-1), axis=-1)
+  probs = probs.astype(dt)
+  out = jnp.einsum("bkmp,bkpd->bkmd", group(probs[..., :n_prefix]), v_p.astype(dt))
+  return ungroup(out) + jnp.einsum("bkgts,bksd->bkgtd", probs[..., n_prefix:], own_v.astype(dt))
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -155,10 +189,11 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache):
+  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache, prefix=None):
     """x: [B, T, D]; rope_cs: `rope_tables` of the positions; key_valid: [B, S];
     query_slot: [T] slot of each query; kv_cache: None or (k [B, KV, Dh, S],
-    v [B, KV, S, Dh]) to write into at query_slot[0]."""
+    v [B, KV, S, Dh]) to write into at query_slot[0]; prefix: None or this layer's
+    `SharedPrefix` (k, v, valid), attended before the cache slots."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
@@ -187,8 +222,11 @@ class Attention(nnx.Module):
     slots = jnp.arange(n_slots)
     mask = key_valid[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])  # [B,T,S]
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
+    if prefix is not None:
+      out = _attend_with_prefix(q, scores, v, prefix, dt)
+    else:
+      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+      out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
 
@@ -218,14 +256,14 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache):
-    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, key_valid, query_slot, kv_cache)
+  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache, prefix=None):
+    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, key_valid, query_slot, kv_cache, prefix)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv_cache
 
 
-def _run_block(block, x, rope_cs, key_valid, query_slot, kv_cache):
-  return block(x, rope_cs, key_valid, query_slot, kv_cache)
+def _run_block(block, x, rope_cs, key_valid, query_slot, kv_cache, prefix):
+  return block(x, rope_cs, key_valid, query_slot, kv_cache, prefix)
 
 
 _run_block_remat = nnx.remat(_run_block)
@@ -256,9 +294,12 @@ class Transformer(nnx.Module):
     return cos[0, :, 0], sin[0, :, 0]
 
   def hidden_states(self, tokens, positions=None, valid=None, cache: Optional[KVCache] = None,
-                    rope_table: Optional[tuple[jax.Array, jax.Array]] = None):
+                    rope_table: Optional[tuple[jax.Array, jax.Array]] = None,
+                    prefix: Optional[SharedPrefix] = None):
     """tokens/positions/valid: [B, T]. Returns (hidden [B, T, D], updated cache or None).
-    rope_table: a precomputed `rope_table(n)` (n > every position) to look RoPE up in."""
+    rope_table: a precomputed `rope_table(n)` (n > every position) to look RoPE up in.
+    prefix: prompt keys/values every row attends to before its cache (B a multiple of the
+    prefix's batch; needs a cache)."""
     cfg = self.cfg
     b, t = tokens.shape
     valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
@@ -272,6 +313,9 @@ class Transformer(nnx.Module):
       if cache is not None:
         raise ValueError("hidden_states: positions are required when decoding with a cache")
       positions = positions_from_valid(valid)
+    if prefix is not None and (cache is None or b % prefix.valid.shape[0]):
+      raise ValueError(f"hidden_states: a shared prefix needs a cache and a batch ({b}) that is a "
+                       f"multiple of the prefix's ({prefix.valid.shape[0]})")
     query_slot = index + jnp.arange(t)
     if rope_table is not None:  # a lookup, which XLA may fuse into every consumer cheaply
       rope_cs = tuple(t[positions][:, :, None, :] for t in rope_table)
@@ -285,7 +329,8 @@ class Transformer(nnx.Module):
     new_k, new_v = [], []
     for i, block in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = run(block, x, rope_cs, key_valid, query_slot, kv)
+      layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
+      x, kv = run(block, x, rope_cs, key_valid, query_slot, kv, layer_prefix)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])

@@ -4,7 +4,8 @@ static shapes: one loop per `grow_cache_every` segment, the cache padded between
 Prompts are **left-padded** to `max_prompt_len` (`rewardlab.data.prompt_batch`): padding
 occupies the first cache slots and is masked out, and RoPE positions count real tokens
 only, so a prompt's logits do not depend on how much padding it got. `n` completions per
-prompt reuse one prefill: the prompt's cache rows are repeated n times after prefill.
+prompt reuse one prefill: its keys/values are kept once per prompt and shared by the n
+decoding rows (`SharedPrefix`), or, with share_prefix=False, repeated n times.
 
 Returned per token: the completion ids, a mask covering generated tokens up to and
 including the stop token, log-probs under the sampling distribution (after temperature /
@@ -24,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
-from rewardlab.models.transformer import grow_cache, init_cache, positions_from_valid
+from rewardlab.models.transformer import SharedPrefix, grow_cache, init_cache, positions_from_valid
 from rewardlab.sharding import BATCH_AXES, shard_batch
 
 
@@ -38,6 +39,9 @@ class SamplingParams:
   max_new_tokens slots (decode attention cost follows the current length; each segment
   compiles its own loop, so generations up to k tokens are one loop). 0 allocates every
   slot up front. Tokens do not depend on it.
+  share_prefix (n > 1): the n rows of a prompt attend to one copy of its prefilled keys and
+  values (`SharedPrefix`) instead of n repeated copies: n times less prompt KV memory and
+  reads per step. Same distribution; logits agree to float rounding, not bit for bit.
   """
   max_new_tokens: int = 16
   n: int = 1
@@ -46,6 +50,7 @@ class SamplingParams:
   top_p: float = 1.0
   stop_ids: tuple[int, ...] = ()
   grow_cache_every: int = 64
+  share_prefix: bool = True
 
   def __post_init__(self):
     if self.n < 1:
@@ -122,16 +127,24 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
     b, p = tokens.shape
     n, new = sp.n, sp.max_new_tokens
     segment_ends = sp.segment_ends()
-    cache = init_cache(cfg, b, p + segment_ends[0])
+    bn = b * n
+    share = n > 1 and sp.share_prefix
+    # decode cache slots before the first new token: the prompt's, unless it is shared
+    offset = 0 if share else p
+    cache = init_cache(cfg, b, p if share else p + segment_ends[0])
     hidden, cache = model.hidden_states(tokens, positions_from_valid(valid), valid, cache)
     last_logits = model.logits(hidden[:, -1:])[:, 0]                     # [B, V]
     next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
-    if n > 1:  # share the prefill: repeat cache rows prompt-major
+    prefix = None
+    if share:   # one prefill, kept once; the n rows decode into their own cache
+      prefix = SharedPrefix(cache.k, cache.v, cache.valid)
+      cache = init_cache(cfg, bn, segment_ends[0])
+    elif n > 1:  # one prefill, its cache rows repeated prompt-major
       rep = lambda x, axis: jnp.repeat(x, n, axis=axis)
       cache = cache._replace(k=tuple(rep(k, 0) for k in cache.k), v=tuple(rep(v, 0) for v in cache.v),
                              valid=rep(cache.valid, 0))
-      last_logits, next_pos = rep(last_logits, 0), rep(next_pos, 0)
-    bn = b * n
+    if n > 1:
+      last_logits, next_pos = jnp.repeat(last_logits, n, axis=0), jnp.repeat(next_pos, n, axis=0)
     unembedding = model.decode_unembedding()
     rope_table = model.rope_table(p + new)   # every decode position is < p + new
 
@@ -170,7 +183,8 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
                  vocab_mean_logp=write(out["vocab_mean_logp"],
                                        jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
       done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache, rope_table)
+      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache, rope_table,
+                                          prefix)
       logits = constrain(model.logits(hidden, unembedding)[:, 0], batch_spec)
       return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
 
@@ -178,7 +192,7 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
              jnp.zeros((bn,), bool), out)
     for end in segment_ends:  # static: one while loop per cache size
       i, cache, *rest = carry
-      carry = (i, constrain_cache(grow_cache(cache, p + end)), *rest)
+      carry = (i, constrain_cache(grow_cache(cache, offset + end)), *rest)
       carry = jax.lax.while_loop(cond(end), body, carry)
     steps, _, _, _, _, out = carry
     return SampleOutput(out["tokens"], out["mask"], out["logps"], out["logps_model"],
