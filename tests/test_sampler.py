@@ -166,6 +166,15 @@ def test_early_exit_when_every_sequence_stopped(split):
   np.testing.assert_array_equal(out.lengths, 1)
 
 
+def _assert_same_samples(got, ref):
+  """Same tokens, masks and early exit; log-probs equal to float rounding."""
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_array_equal(got.mask, ref.mask)
+  assert int(got.steps) == int(ref.steps)
+  np.testing.assert_allclose(got.logps_model, ref.logps_model, atol=1e-5)
+  np.testing.assert_allclose(got.logps, ref.logps, atol=1e-5)
+
+
 def test_growing_cache_gives_the_same_samples(split):
   """Decoding in segments over a cache that grows (attention over ~the filled prefix only)
   returns exactly what the fully preallocated cache does: tokens, masks, log-probs, early
@@ -180,11 +189,7 @@ def test_growing_cache_gives_the_same_samples(split):
     assert grown.segment_ends() == (5, 10, 12)
     ref, got = (make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid,
                                                          jax.random.PRNGKey(4)) for sp in (base, grown))
-    np.testing.assert_array_equal(got.tokens, ref.tokens)
-    np.testing.assert_array_equal(got.mask, ref.mask)
-    assert int(got.steps) == int(ref.steps)
-    np.testing.assert_allclose(got.logps_model, ref.logps_model, atol=1e-5)
-    np.testing.assert_allclose(got.logps, ref.logps, atol=1e-5)
+    _assert_same_samples(got, ref)
   with pytest.raises(ValueError, match="grow_cache_every=-1 must be >= 0"):
     SamplingParams(grow_cache_every=-1)
 
@@ -201,11 +206,7 @@ def test_shared_prompt_prefix_gives_the_same_samples_as_repeated_rows(split, mod
     repeated = dataclasses.replace(base, share_prefix=False)
     ref, got = (make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid,
                                                          jax.random.PRNGKey(7)) for sp in (repeated, base))
-    np.testing.assert_array_equal(got.tokens, ref.tokens)
-    np.testing.assert_array_equal(got.mask, ref.mask)
-    assert int(got.steps) == int(ref.steps)
-    np.testing.assert_allclose(got.logps_model, ref.logps_model, atol=1e-5)
-    np.testing.assert_allclose(got.logps, ref.logps, atol=1e-5)
+    _assert_same_samples(got, ref)
   from rewardlab.models import SharedPrefix, init_cache
   cache = init_cache(CFG, 3, 4)
   prefix = SharedPrefix(tuple(k[:2] for k in cache.k),
