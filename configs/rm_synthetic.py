@@ -6,6 +6,8 @@ Heads: get_config(variant, head) with head in scalar | ensemble | gated | ordina
        process (configs/rm_<head>.py), or --config.rm.head.type=... plus its fields.
 Data knobs: --config.data.label_noise=0.2 --config.data.length_bias=0.5 --config.data.tie_frac=0.1
 Your own pairs: --config.data.pref_path=train.jsonl|.parquet --config.data.eval_path=test.jsonl
+LoRA: --config.lora.rank=8 [--config.lora.targets="('q','v')"]: the trunk trains through adapters,
+      the head in full; the export is the merged model.
 Outputs: <workdir>/rm_eval.md|json (per subset/category accuracy, best-of-4, calibration),
          <workdir>/reward_model (what config.rl.reward_model_path takes).
 """

@@ -2,6 +2,8 @@
 the trained RM used as a reward (best-of-n and the RL loop)."""
 import os
 
+import chex
+import jax
 import numpy as np
 import pytest
 
@@ -77,3 +79,31 @@ def test_scorer_truncates_long_completions_and_matches_the_pipeline(tmp_path):
   assert np.isfinite(long).all() and scorer.truncated == 1
   with pytest.raises(ValueError, match="prompt 0 .* tokens; the reward model's seq_len is 24"):
     scorer.score(["1+" * 20], ["3"])
+
+
+def test_rm_with_lora_trains_adapters_and_heads_and_exports_the_merged_model(tmp_path):
+  """config.lora on the RM pipeline: the trunk stays frozen and learns through adapters,
+  the head trains in full, and the export (what the scorer loads) is the merged model."""
+  config = load_config("rm_synthetic", "tiny")
+  config.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
+  config.sft_warmup.steps = 0
+  config.lora.update(rank=4, targets=("q", "v", "up"))
+  config.data.update(num_pairs=64, eval_pairs=32, batch_size=32)
+  config.eval.batch_size = 32
+  config.train.update(steps=4, eval_every=4, progress=False, tensorboard=False)
+  out = reward_model.run(config, str(tmp_path / "rm"))
+  state = out["state"]
+  assert set(state.params) == {"heads", "lora"}
+  mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  fresh = reward_model.build_reward_model(config, mesh)[1]
+  chex.assert_trees_all_equal(state.frozen, fresh["trunks"])            # base trunk untouched
+  assert any(np.abs(np.asarray(ab["b"])).max() > 0 for ab in jax.tree.leaves(
+      state.params["lora"], is_leaf=lambda x: isinstance(x, dict) and "b" in x))
+  assert not np.allclose(np.asarray(jax.tree.leaves(state.params["heads"])[-1]),
+                         np.asarray(jax.tree.leaves(fresh["heads"])[-1]))
+  _, eval_pairs = reward_model.load_pair_sets(config, make_task("addition", max_digits=2))
+  scorer = RewardModelScorer(out["export"])
+  margin = (scorer.score([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs])
+            - scorer.score([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs]))
+  from rewardlab.eval.reward_model import rm_report
+  assert rm_report(eval_pairs, margin)["accuracy"] == pytest.approx(out["report"]["accuracy"])

@@ -72,12 +72,17 @@ def build_policy(config, mesh, rules=LOGICAL_RULES) -> Policy:
   lora = config.get("lora")
   if lora is None or lora.rank <= 0:
     return Policy(arch, model_cfg, graphdef, params, None, None, tokenizer)
-  base_specs = jax.tree.map(lambda x: x.sharding.spec, params)
-  adapters = jax.jit(functools.partial(init_lora, targets=tuple(lora.targets), rank=lora.rank))(
-      params, rng=jax.random.PRNGKey(config.seed + 1))
-  adapters = jax.device_put(adapters, named(mesh, lora_specs(base_specs, adapters)))
+  adapters = init_adapters(lora, params, mesh, config.seed)
   merge = functools.partial(_merge_lora, scale=lora.alpha / lora.rank)
   return Policy(arch, model_cfg, graphdef, adapters, params, merge, tokenizer)
+
+
+def init_adapters(lora, params, mesh, seed: int):
+  """LoRA adapters (config.lora: targets, rank) for `params`, sharded like their kernels."""
+  base_specs = jax.tree.map(lambda x: x.sharding.spec, params)
+  adapters = jax.jit(functools.partial(init_lora, targets=tuple(lora.targets), rank=lora.rank))(
+      params, rng=jax.random.PRNGKey(seed + 1))
+  return jax.device_put(adapters, named(mesh, lora_specs(base_specs, adapters)))
 
 
 def _merge_lora(adapters, base, scale):

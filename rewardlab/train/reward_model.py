@@ -24,13 +24,14 @@ from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load
                                        synthetic_rm_pairs)
 from rewardlab.eval.reward_model import rm_report, write_report
 from rewardlab.models import hf as hf_io
+from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, response_scores, split_pairs
 from rewardlab.objectives import reward_model as rmo
 from rewardlab.sharding import LOGICAL_RULES, make_mesh, shard_batch
 from rewardlab.train import sft
 from rewardlab.train.loop import fit
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import model_fields, resolve_model_config
+from rewardlab.train.policy import init_adapters, model_fields, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
 
 
@@ -61,6 +62,25 @@ def build_reward_model(config, mesh, trunk_params=None):
     for i in params["trunks"]:
       params["trunks"][i] = jax.tree.map(jnp.copy, trunk_params)
   return graphdef, params, tokenizer, hc, model_cfg
+
+
+def rm_lora(config, params, mesh):
+  """-> (trainable, frozen, merge). With `config.lora.rank > 0` the trunk(s) stay frozen and
+  train through LoRA adapters while the head(s) train in full: trainable is
+  {"heads": ..., "lora": adapters}, frozen the trunks, and merge(trainable, frozen) the full
+  RewardModel params. Without LoRA: (params, None, None)."""
+  lora = config.get("lora")
+  if lora is None or lora.rank <= 0:
+    return params, None, None
+  trunks = params["trunks"]
+  adapters = init_adapters(lora, trunks, mesh, config.seed)
+  scale = lora.alpha / lora.rank
+
+  def merge(trainable, frozen):
+    full = {k: v for k, v in trainable.items() if k != "lora"}
+    full["trunks"] = apply_lora(frozen, trainable["lora"], scale)
+    return full
+  return dict({k: v for k, v in params.items() if k != "trunks"}, lora=adapters), trunks, merge
 
 
 def ordinal_levels(ratings, levels: int, low: float, high: float):
@@ -139,20 +159,23 @@ def make_scorer(graphdef, hc: HeadConfig, mesh):
   return score
 
 
-def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, report_dir=None):
-  """Scores held-out pairs in fixed-size batches -> rm_report scalars (+ report files)."""
+def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, report_dir=None,
+                      merge=None):
+  """Scores held-out pairs in fixed-size batches -> rm_report scalars (+ report files).
+  `merge`: `rm_lora`'s, to score the full params of a LoRA-trained state."""
   dc, bs = config.data, config.eval.batch_size
   score = make_scorer(graphdef, hc, mesh)
   num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
   has_gold = all(p.chosen_ratings and p.rejected_ratings for p in pairs)
 
   def evaluate(state):
+    params = state.params if merge is None else merge(state.params, state.frozen)
     logits, scores, step_hits, step_n = [], [], 0.0, 0.0
     for s in range(0, len(pairs), bs):
       chunk = list(pairs[s:s + bs])
       n = len(chunk)
       b = rm_batch(chunk + [chunk[-1]] * (bs - n), tokenizer, dc.seq_len, num_attr, max_steps)
-      lg, sc, sl, sm = jax.device_get(score(state.params, *shard_batch(
+      lg, sc, sl, sm = jax.device_get(score(params, *shard_batch(
           (b.tokens, b.valid, b.completion_start), mesh)))
       logits.append(lg[:n])
       if sc is not None:
@@ -204,7 +227,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   if len(train_pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(train_pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
-  state = create_train_state(params, optimizer, mesh, config.seed)
+  trainable, frozen, merge = rm_lora(config, params, mesh)
+  state = create_train_state(trainable, optimizer, mesh, config.seed, frozen=frozen)
   num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
 
   def batch_at(i: int) -> RMBatch:
@@ -218,16 +242,19 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     del rng
     return rm_loss(hc, config.rm, model(batch.tokens, batch.valid, batch.completion_start), batch)
 
-  evaluate = make_rm_evaluator(config, graphdef, hc, tokenizer, eval_pairs, mesh, report_dir=workdir)
+  evaluate = make_rm_evaluator(config, graphdef, hc, tokenizer, eval_pairs, mesh, report_dir=workdir,
+                               merge=merge)
   summary = fit(config, workdir, mesh, graphdef, state, loss_fn, optimizer, schedule, batch_at, evaluate,
-                stop_at_step=stop_at_step,
+                stop_at_step=stop_at_step, merge=merge,
                 plot_panels=(("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"),
                              ("eval", "best_of_4"), ("eval", "ece")))
   summary["report"] = getattr(evaluate, "report", None)
-  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"), summary["state"].params,
-                                          config, hc, model_cfg)
+  final = summary["state"]
+  full = final.params if merge is None else merge(final.params, final.frozen)   # LoRA: merged
+  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"), full, config, hc,
+                                          model_cfg)
   summary["num_pairs"] = len(train_pairs)
   return summary
 
 
-__all__ = ["run", "build_reward_model", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]
+__all__ = ["run", "build_reward_model", "rm_lora", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]
