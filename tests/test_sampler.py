@@ -111,6 +111,31 @@ def test_process_logits_closed_form():
   assert top_k[0, 3] == -jnp.inf
 
 
+def _nucleus_by_sorting(logits: np.ndarray, top_p: float) -> np.ndarray:
+  """Reference: keep the shortest prefix of the descending sort whose mass reaches top_p."""
+  order = np.argsort(-logits, kind="stable")
+  probs = np.exp(logits[order] - logits[order[0]])
+  probs /= probs.sum()
+  n_keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+  keep = np.zeros(logits.shape, bool)
+  keep[order[:n_keep]] = True
+  return keep
+
+
+def test_top_p_keeps_the_smallest_top_set_reaching_the_mass():
+  rng = np.random.default_rng(0)
+  for vocab, scale in ((8, 1.0), (512, 3.0), (4096, 5.0)):
+    logits = (rng.standard_normal((6, vocab)) * scale).astype(np.float32)
+    for top_p in (0.05, 0.5, 0.9, 0.999):
+      got = np.isfinite(np.asarray(process_logits(jnp.asarray(logits), SamplingParams(top_p=top_p))))
+      want = np.stack([_nucleus_by_sorting(row.astype(np.float64), top_p) for row in logits])
+      np.testing.assert_array_equal(got, want, err_msg=f"vocab {vocab}, top_p {top_p}")
+  # after top-k (-inf entries) the nucleus is taken among the k survivors
+  logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1]]))
+  kept = process_logits(logits, SamplingParams(top_k=2, top_p=0.6))   # 0.4/0.7, 0.3/0.7
+  np.testing.assert_array_equal(jnp.isfinite(kept), [[True, True, False, False]])
+
+
 def test_low_temperature_equals_greedy(split):
   _, greedy = _sample(split, SamplingParams(max_new_tokens=8, temperature=0.0))
   _, cold = _sample(split, SamplingParams(max_new_tokens=8, temperature=1e-4), seed=5)
