@@ -318,7 +318,7 @@ class Transformer(nnx.Module):
                        f"multiple of the prefix's ({prefix.valid.shape[0]})")
     query_slot = index + jnp.arange(t)
     if rope_table is not None:  # a lookup, which XLA may fuse into every consumer cheaply
-      rope_cs = tuple(t[positions][:, :, None, :] for t in rope_table)
+      rope_cs = tuple(table[positions][:, :, None, :] for table in rope_table)
     else:  # the barrier materialises cos/sin once; otherwise XLA fuses the transcendentals
       # into every consumer and recomputes them per head and per layer
       rope_cs = jax.lax.optimization_barrier(rope_tables(positions, rope_inv_freq(cfg)))

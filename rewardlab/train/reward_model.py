@@ -33,6 +33,7 @@ from rewardlab.train.loop import fit
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import init_adapters, model_fields, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
+from rewardlab.train.step import model_params
 
 
 def head_config(config, tokenizer) -> HeadConfig:
@@ -169,7 +170,7 @@ def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, 
   has_gold = all(p.chosen_ratings and p.rejected_ratings for p in pairs)
 
   def evaluate(state):
-    params = state.params if merge is None else merge(state.params, state.frozen)
+    params = model_params(state.params, state.frozen, merge)
     logits, scores, step_hits, step_n = [], [], 0.0, 0.0
     for s in range(0, len(pairs), bs):
       chunk = list(pairs[s:s + bs])
@@ -250,9 +251,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                              ("eval", "best_of_4"), ("eval", "ece")))
   summary["report"] = getattr(evaluate, "report", None)
   final = summary["state"]
-  full = final.params if merge is None else merge(final.params, final.frozen)   # LoRA: merged
-  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"), full, config, hc,
-                                          model_cfg)
+  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"),
+                                          model_params(final.params, final.frozen, merge),  # LoRA: merged
+                                          config, hc, model_cfg)
   summary["num_pairs"] = len(train_pairs)
   return summary
 
