@@ -23,7 +23,7 @@ from rewardlab.data import SequenceBatch  # noqa: E402
 from rewardlab.models import ModelConfig, Transformer  # noqa: E402
 from rewardlab.train.config import base_config  # noqa: E402
 from rewardlab.train.optim import make_optimizer  # noqa: E402
-from rewardlab.train.sft import make_sft_loss_fn  # noqa: E402
+from rewardlab.pipelines.sft import make_sft_loss_fn  # noqa: E402
 from rewardlab.sharding import batch_sharding, make_mesh, shard_batch  # noqa: E402
 from rewardlab.train.state import create_train_state, init_params, num_params, shardings_of  # noqa: E402
 from rewardlab.train.step import make_update_step  # noqa: E402

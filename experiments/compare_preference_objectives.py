@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import dpo_synthetic  # noqa: E402
 import online_dpo_synthetic  # noqa: E402
 from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
-from rewardlab.train import online_preference, preference  # noqa: E402
-from rewardlab.train.preference import PAIR_OBJECTIVES  # noqa: E402
+from rewardlab.pipelines import online_preference, preference  # noqa: E402
+from rewardlab.pipelines.preference import PAIR_OBJECTIVES  # noqa: E402
 
 ONLINE = ("dpo", "rpo")
 

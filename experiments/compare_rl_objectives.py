@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import grpo_arithmetic  # noqa: E402
 from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES  # noqa: E402
-from rewardlab.train import rl  # noqa: E402
+from rewardlab.pipelines import rl  # noqa: E402
 
 
 def main():

@@ -26,8 +26,8 @@ from rewardlab.data import make_task  # noqa: E402
 from rewardlab.eval.best_of_n import policy_best_of_n  # noqa: E402
 from rewardlab.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
-from rewardlab.train import reward_model, sft  # noqa: E402
-from rewardlab.train.policy import build_policy  # noqa: E402
+from rewardlab.pipelines import reward_model, sft  # noqa: E402
+from rewardlab.train.policy import PolicySpec, build_policy  # noqa: E402
 
 # (name, head, config overrides as {dotted.field: value})
 RUNS = [
@@ -79,7 +79,7 @@ def main():
            "best_of_4": rep["best_of_4"]["accuracy"], "ece": rep["calibration"]["ece"],
            "gold_spearman": rep.get("gold", {}).get("spearman", float("nan"))}
     if head != "process":   # process RMs score step-formatted text, not the policy's answers
-      policy = build_policy(config, mesh)
+      policy = build_policy(PolicySpec.from_config(config), mesh)
       params = sft.warm_start(config, workdir)[0]
       task = make_task(config.data.task, **config.data.task_kwargs)
       problems = task.sample_many(np.random.default_rng(5), 128, split="eval")

@@ -27,7 +27,7 @@ import grpo_laser  # noqa: E402
 import grpo_spark  # noqa: E402
 import self_rewarding  # noqa: E402
 from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
-from rewardlab.train import online_preference, rl  # noqa: E402
+from rewardlab.pipelines import online_preference, rl  # noqa: E402
 
 RL_RUNS = {
     "GRPO (verifier)": lambda v: grpo_arithmetic.get_config(v),

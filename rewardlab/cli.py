@@ -18,7 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: config.
 
 def main(argv):
   from rewardlab.objectives import OBJECTIVES
-  from rewardlab.train import PIPELINES, ConfigError, validate
+  from rewardlab.pipelines import PIPELINES
+  from rewardlab.train import ConfigError, validate
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO

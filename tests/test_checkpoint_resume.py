@@ -4,8 +4,8 @@ from flax import nnx
 
 from helpers import micro_sft_config
 from rewardlab.models import Transformer
-from rewardlab.train.policy import resolve_model_config
-from rewardlab.train import sft
+from rewardlab.pipelines import sft
+from rewardlab.train.policy import PolicySpec, resolve_model_config
 from rewardlab.train.checkpoint import Checkpointer
 from rewardlab.train.optim import make_optimizer
 from rewardlab.sharding import make_mesh
@@ -15,7 +15,7 @@ from rewardlab.train.state import create_train_state, init_params
 def test_checkpoint_round_trip_is_exact(tmp_path):
   config = micro_sft_config()
   mesh = make_mesh({"data": -1})
-  model_cfg = resolve_model_config(config)
+  model_cfg = resolve_model_config(PolicySpec.from_config(config))
   _, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(3)), mesh)
   optimizer, _ = make_optimizer(config.optim, 10)
   state = create_train_state(params, optimizer, mesh, seed=5)

@@ -6,7 +6,8 @@ import pytest
 
 from helpers import ROOT, load_config
 from rewardlab.objectives import OBJECTIVES
-from rewardlab.train import PIPELINES, ConfigError, validate
+from rewardlab.pipelines import PIPELINES
+from rewardlab.train import ConfigError, validate
 
 
 def _validate(c, n_devices=8):

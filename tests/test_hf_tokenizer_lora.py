@@ -17,7 +17,7 @@ from rewardlab.data import HFTokenizer  # noqa: E402
 from rewardlab.models.hf import load_hf_model  # noqa: E402
 from rewardlab.models.lora import apply_lora, init_lora  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
-from rewardlab.train import sft  # noqa: E402
+from rewardlab.pipelines import sft  # noqa: E402
 from rewardlab.train.optim import make_optimizer  # noqa: E402
 from rewardlab.train.state import create_train_state  # noqa: E402
 from rewardlab.train.step import make_update_step  # noqa: E402

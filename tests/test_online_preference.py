@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from helpers import load_config
-from rewardlab.train import online_preference
+from rewardlab.pipelines import online_preference
+from rewardlab.train import loop
 from rewardlab.train.step import make_update_step
 
 
@@ -36,7 +37,7 @@ def test_online_dpo_resume_equals_uninterrupted(tmp_path, monkeypatch):
   def recording(*args, **kwargs):
     built.append(make_update_step(*args, **kwargs))
     return built[-1]
-  monkeypatch.setattr(online_preference, "make_update_step", recording)
+  monkeypatch.setattr(loop, "make_update_step", recording)
   full = online_preference.run(config, str(tmp_path / "full"))
   assert [r["round"] for r in full["rounds"]] == [0, 1]
   # both rounds ran on one jitted update step, compiled once (it was rebuilt per round)

@@ -8,7 +8,8 @@ from rewardlab.data import make_task
 from rewardlab.data.preference import (corrupt_answer, gold_reward, load_preference_jsonl,
                                        synthetic_pairs)
 from rewardlab.objectives import OBJECTIVES
-from rewardlab.train import PIPELINES, preference, validate
+from rewardlab.pipelines import PIPELINES, preference
+from rewardlab.train import validate
 
 
 def test_gold_reward_and_synthetic_pairs():

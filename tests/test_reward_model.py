@@ -139,7 +139,7 @@ def test_every_head_gives_antisymmetric_pair_logits_and_learns(head):
   out_swapped = model(swap(b.tokens), swap(b.valid), swap(b.completion_start))
   np.testing.assert_allclose(pair_logit(hc, out), -pair_logit(hc, out_swapped), atol=2e-5)
   assert response_scores(hc, out, group_size=4).shape == (32,)
-  from rewardlab.train.reward_model import rm_loss
+  from rewardlab.pipelines.reward_model import rm_loss
   import ml_collections
   rc = ml_collections.ConfigDict(dict(label_smoothing=0.0, use_margin=False, margin_scale=1.0,
                                       center_coef=0.0, mse_weight=1.0, ordinal_ce_weight=0.5,

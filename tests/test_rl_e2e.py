@@ -3,7 +3,8 @@ import pytest
 
 from helpers import load_config
 from rewardlab.objectives import OBJECTIVES, PIPELINE_OBJECTIVES
-from rewardlab.train import PIPELINES, ConfigError, rl, validate
+from rewardlab.pipelines import PIPELINES, rl
+from rewardlab.train import ConfigError, validate
 
 
 @pytest.mark.slow

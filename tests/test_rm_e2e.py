@@ -12,8 +12,8 @@ from rewardlab.data import make_task
 from rewardlab.eval.best_of_n import policy_best_of_n
 from rewardlab.rewards.reward_model import RewardModelScorer
 from rewardlab.sharding import make_mesh
-from rewardlab.train import reward_model, rl, sft
-from rewardlab.train.policy import build_policy
+from rewardlab.pipelines import reward_model, rl, sft
+from rewardlab.train.policy import PolicySpec, build_policy
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_rm_tiny_heldout_accuracy_and_best_of_n_beats_random(tmp_path):
 
   # best-of-n with the SFT warm-up policy as the sampler
   mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  policy = build_policy(config, mesh)
+  policy = build_policy(PolicySpec.from_config(config), mesh)
   params = sft.warm_start(config, workdir)[0]          # finished: restored, not retrained
   task = make_task(config.data.task, **config.data.task_kwargs)
   problems = task.sample_many(np.random.default_rng(5), 512, split="eval")
@@ -68,7 +68,7 @@ def test_scorer_truncates_long_completions_and_matches_the_pipeline(tmp_path):
   config.eval.batch_size = 32
   config.train.update(steps=2, eval_every=2, progress=False, tensorboard=False)
   out = reward_model.run(config, str(tmp_path / "rm"))
-  _, eval_pairs = reward_model.load_pair_sets(config, make_task("addition", max_digits=2))
+  _, eval_pairs = reward_model.load_pair_sets(config.data, config.seed, make_task("addition", max_digits=2))
   scorer = RewardModelScorer(out["export"])
   chosen = scorer.score([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs])
   rejected = scorer.score([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs])
@@ -95,13 +95,14 @@ def test_rm_with_lora_trains_adapters_and_heads_and_exports_the_merged_model(tmp
   state = out["state"]
   assert set(state.params) == {"heads", "lora"}
   mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  fresh = reward_model.build_reward_model(config, mesh)[1]
+  spec = PolicySpec.from_config(config)
+  fresh = reward_model.build_reward_model(spec, reward_model.head_config(config.rm, spec.load_tokenizer()), mesh)[1]
   chex.assert_trees_all_equal(state.frozen, fresh["trunks"])            # base trunk untouched
   assert any(np.abs(np.asarray(ab["b"])).max() > 0 for ab in jax.tree.leaves(
       state.params["lora"], is_leaf=lambda x: isinstance(x, dict) and "b" in x))
   assert not np.allclose(np.asarray(jax.tree.leaves(state.params["heads"])[-1]),
                          np.asarray(jax.tree.leaves(fresh["heads"])[-1]))
-  _, eval_pairs = reward_model.load_pair_sets(config, make_task("addition", max_digits=2))
+  _, eval_pairs = reward_model.load_pair_sets(config.data, config.seed, make_task("addition", max_digits=2))
   scorer = RewardModelScorer(out["export"])
   margin = (scorer.score([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs])
             - scorer.score([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs]))

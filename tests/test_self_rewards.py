@@ -116,7 +116,7 @@ def test_laser_score_formula_one_position_and_gradient_toward_verifier():
 
 def test_spark_pairwise_examples_pick_a_right_and_a_wrong_answer_and_alternate_sides():
   from rewardlab.data.tasks import Problem
-  from rewardlab.train.rl import pairwise_judge_examples
+  from rewardlab.pipelines.rl_aux import pairwise_judge_examples
   prompts = ["1+1="] * 3 + ["2+2="] * 3 + ["3+3="] * 3
   answers = ["3", "2", "5", "4", "1", "0", "7", "8", "9"]
   right = np.array([False, True, False, True, False, False, False, False, False])

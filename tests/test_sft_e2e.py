@@ -1,7 +1,7 @@
 import pytest
 
 from helpers import load_config
-from rewardlab.train import sft
+from rewardlab.pipelines import sft
 
 
 @pytest.mark.slow

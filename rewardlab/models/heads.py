@@ -178,3 +178,11 @@ def aggregate_steps(step_logits: jax.Array, step_mask: jax.Array, how: str = "mi
     last = jnp.maximum(jnp.sum(step_mask, -1) - 1, 0)
     return jax.nn.sigmoid(jnp.take_along_axis(step_logits, last[:, None], -1)[:, 0])
   raise ValueError(f"aggregate_steps: how={how!r}; allowed: min, last, product")
+
+
+class ActorCritic(nnx.Module):
+  """PPO's trainable pair: the policy transformer and a per-token value head on its trunk."""
+
+  def __init__(self, policy: nnx.Module, value_head: nnx.Module):
+    self.policy = policy
+    self.value_head = value_head

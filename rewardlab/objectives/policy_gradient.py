@@ -92,6 +92,31 @@ def gae_advantages(token_rewards, values, mask, gamma: float = 1.0, lam: float =
   return adv, adv + values
 
 
+def token_advantages(kind: str, rewards, group_size: int, logp_old, logp_ref, mask, *,
+                     kl_in_reward: float = 0.01, kl: str = "k1"):
+  """Per-token advantages [B, T] for a sequence-reward estimator (ADVANTAGES) broadcast over
+  each completion's tokens, or REINFORCE++'s per-token returns (KL folded into the reward).
+  rewards [B]; logp_old/logp_ref/mask [B, T]."""
+  if kind == "reinforce_pp":
+    return reinforce_pp_advantages(rewards, logp_old, logp_ref, mask, beta=kl_in_reward, kl=kl)
+  adv = ADVANTAGES[kind](rewards, group_size)
+  return jnp.broadcast_to(adv[:, None], mask.shape) * mask
+
+
+def ppo_targets(rewards, logp_old, logp_ref, values, mask, *, kl_in_reward: float,
+                gamma: float = 1.0, lam: float = 0.95):
+  """PPO's GAE targets: per-token reward -kl_in_reward * k1 KL + the sequence reward at the
+  last token -> GAE. rewards [B]; the rest [B, T]. Returns (advantages whitened over the
+  batch's tokens [B, T], returns [B, T])."""
+  mask = mask.astype(bool)
+  last = (jnp.cumsum(mask, -1) == jnp.sum(mask, -1, keepdims=True)) & mask
+  token_r = -kl_in_reward * (logp_old - logp_ref) * mask + jnp.where(last, rewards[:, None], 0.0)
+  adv, returns = gae_advantages(token_r, values, mask, gamma, lam)
+  mean = masked_mean(adv, mask)
+  std = jnp.sqrt(masked_mean(jnp.square(adv - mean), mask))
+  return jnp.where(mask, (adv - mean) / (std + 1e-6), 0.0), returns
+
+
 # ----------------------------------------------------------------------------- losses
 def policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages, *,
                          clip_low: float = 0.2, clip_high: float = 0.2, beta: float = 0.0,

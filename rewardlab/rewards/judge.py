@@ -87,11 +87,10 @@ class Judge:
     return [Problem(self.prompt(p.prompt, a), yes if c else no) for p, a, c in zip(problems, answers, correct)]
 
 
-def judge_from_config(config, policy, mesh) -> Judge:
-  """The policy's judge as configured in `config.judge` (template, mode, score tokens, max_len)."""
-  jc = config.judge
-  return Judge(policy.graphdef, policy.tokenizer, jc.max_len, jc.template, jc.mode, tuple(jc.score_tokens),
-               mesh, config.eval.batch_size)
+def make_judge(judge_cfg, graphdef, tokenizer, mesh, batch_size: int) -> Judge:
+  """The policy's judge as configured in `config.judge` (template, mode, score_tokens, max_len)."""
+  jc = judge_cfg
+  return Judge(graphdef, tokenizer, jc.max_len, jc.template, jc.mode, tuple(jc.score_tokens), mesh, batch_size)
 
 
 def judge_examples(task, rng: np.random.Generator, n: int, judge: Judge, p_correct: float = 0.5) -> list[Problem]:

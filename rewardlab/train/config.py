@@ -17,7 +17,7 @@ from rewardlab.models.lora import LORA_TARGETS
 from rewardlab.ops.masked import AGGREGATIONS
 from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
 from rewardlab.sharding import BATCH_AXES, MESH_AXES, mesh_shape
-from rewardlab.train.policy import resolve_model_config
+from rewardlab.train.policy import PolicySpec, resolve_model_config
 
 
 class ConfigError(ValueError):
@@ -85,7 +85,7 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
     _check(os.path.exists(os.path.join(config.model.hf_path, "config.json")), "model.hf_path",
            f"{config.model.hf_path!r} has no config.json (expected a local HF model folder)")
   try:
-    model = resolve_model_config(config)
+    model = resolve_model_config(PolicySpec.from_config(config))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.{e}") from None
   if "lora" in config and config.lora.rank > 0:
@@ -124,7 +124,7 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
 
 def _validate_rl(config, model, n_batch: int):
   from rewardlab.objectives.policy_gradient import PG_OBJECTIVES
-  from rewardlab.rewards import REWARDS
+  from rewardlab.rollout import REWARD_BUILDERS
   rc = config.rl
   group_normalised = PG_OBJECTIVES[config.objective.name]["advantage"] != "reinforce_pp"
   _check(rc.group_size >= (2 if group_normalised else 1), "rl.group_size",
@@ -139,8 +139,7 @@ def _validate_rl(config, model, n_batch: int):
   total = config.eval.max_prompt_len + rc.max_new_tokens
   _check(total <= model.max_seq_len, "rl.max_new_tokens",
          f"eval.max_prompt_len + rl.max_new_tokens = {total} is over model.max_seq_len={model.max_seq_len}")
-  allowed = set(REWARDS) | {"majority_vote", "self_certainty"} | (
-      {"reward_model"} if rc.get("reward_model_path") else set())
+  allowed = set(REWARD_BUILDERS) - ({"reward_model"} if not rc.get("reward_model_path") else set())
   bad = sorted(set(rc.rewards) - allowed)
   _check(not bad, "rl.rewards", f"{bad} not allowed; allowed: {sorted(allowed)}"
          + ("" if rc.get("reward_model_path") else " ('reward_model' needs rl.reward_model_path)"))

@@ -1,11 +1,13 @@
-"""Building the trainable policy from config: the embedded default or a local HF folder
+"""Building the trainable policy: the embedded default or a local HF folder
 (`config.model.hf_path`), optionally with LoRA adapters (`config.lora.rank > 0`), plus the
-matching tokenizer; and exporting the (merged) result as a HF folder."""
+matching tokenizer; and exporting the (merged) result as a HF folder.
+
+Pipelines read the config once into a `PolicySpec` and build from that."""
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 from flax import nnx
@@ -16,6 +18,48 @@ from rewardlab.models import hf as hf_io
 from rewardlab.models.lora import apply_lora, init_lora, lora_specs
 from rewardlab.sharding import LOGICAL_RULES, named
 from rewardlab.train.state import init_params
+
+# model fields a HF folder's config.json does not decide (precision, rematerialisation)
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """LoRA adapters (config.lora): rank 0 trains the full weights."""
+  rank: int = 0
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ("q", "v")
+
+  @classmethod
+  def from_config(cls, lora) -> "LoraSpec":
+    return cls() if lora is None else cls(lora.rank, lora.alpha, tuple(lora.targets))
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+  """Which policy a run builds: ModelConfig fields, or a local HF folder whose config.json
+  gives the sizes (`model` then only sets RUNTIME_FIELDS); its tokenizer; LoRA; init seed."""
+  model: Mapping[str, Any]
+  hf_path: str = ""
+  tokenizer_path: str = ""          # "" = the HF folder's tokenizer, else the byte tokenizer
+  lora: LoraSpec = LoraSpec()
+  seed: int = 0
+
+  @classmethod
+  def from_config(cls, config) -> "PolicySpec":
+    fields = {k: v for k, v in dict(config.model).items() if k != "hf_path"}
+    return cls(fields, config.model.get("hf_path", ""), config.get("tokenizer_path", ""),
+               LoraSpec.from_config(config.get("lora")), config.seed)
+
+  def runtime_fields(self) -> dict:
+    return {k: v for k, v in self.model.items() if k in RUNTIME_FIELDS}
+
+  def load_tokenizer(self):
+    return load_tokenizer(self.tokenizer_path or self.hf_path or None)
 
 
 @dataclasses.dataclass
@@ -34,11 +78,6 @@ class Policy:
     return params if self.merge is None else self.merge(params, frozen)
 
 
-def model_fields(model_section) -> dict:
-  """config.model minus the fields that are not ModelConfig's (hf_path)."""
-  return {k: v for k, v in dict(model_section).items() if k != "hf_path"}
-
-
 def infer_arch(cfg: ModelConfig) -> str:
   if cfg.norm_offset == 1.0 and cfg.embed_scale:
     return "gemma"
@@ -49,38 +88,37 @@ def infer_arch(cfg: ModelConfig) -> str:
   return "llama"
 
 
-def resolve_model_config(config) -> ModelConfig:
+def resolve_model_config(spec: PolicySpec) -> ModelConfig:
   """The ModelConfig a run will use (from the HF folder's config.json when hf_path is set)."""
-  if config.model.get("hf_path"):
-    keep = {k: v for k, v in model_fields(config.model).items()
-            if k in ("dtype", "param_dtype", "remat")}
-    return hf_io.model_config_from_hf(hf_io.read_hf_config(config.model.hf_path), **keep)[1]
-  return ModelConfig.from_mapping(model_fields(config.model))
+  if spec.hf_path:
+    return hf_io.model_config_from_hf(hf_io.read_hf_config(spec.hf_path), **spec.runtime_fields())[1]
+  return ModelConfig.from_mapping(spec.model)
 
 
-def build_policy(config, mesh, rules=LOGICAL_RULES) -> Policy:
-  hf_path = config.model.get("hf_path", "")
-  if hf_path:
-    keep = {k: v for k, v in model_fields(config.model).items()
-            if k in ("dtype", "param_dtype", "remat")}
-    arch, model_cfg, graphdef, params = hf_io.load_hf_model(hf_path, mesh, rules, **keep)
-  else:
-    model_cfg = ModelConfig.from_mapping(model_fields(config.model))
-    arch = infer_arch(model_cfg)
-    graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(config.seed)), mesh, rules)
-  tokenizer = load_tokenizer(config.get("tokenizer_path") or hf_path or None)
-  lora = config.get("lora")
-  if lora is None or lora.rank <= 0:
+def load_trunk(spec: PolicySpec, mesh, rules=LOGICAL_RULES):
+  """-> (arch, ModelConfig, graphdef, params placed on the mesh): the HF folder's weights, or
+  a fresh init of spec.model."""
+  if spec.hf_path:
+    return hf_io.load_hf_model(spec.hf_path, mesh, rules, **spec.runtime_fields())
+  model_cfg = ModelConfig.from_mapping(spec.model)
+  graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(spec.seed)), mesh, rules)
+  return infer_arch(model_cfg), model_cfg, graphdef, params
+
+
+def build_policy(spec: PolicySpec, mesh, rules=LOGICAL_RULES) -> Policy:
+  arch, model_cfg, graphdef, params = load_trunk(spec, mesh, rules)
+  tokenizer = spec.load_tokenizer()
+  if spec.lora.rank <= 0:
     return Policy(arch, model_cfg, graphdef, params, None, None, tokenizer)
-  adapters = init_adapters(lora, params, mesh, config.seed)
-  merge = functools.partial(_merge_lora, scale=lora.alpha / lora.rank)
+  adapters = init_adapters(spec.lora, params, mesh, spec.seed)
+  merge = functools.partial(_merge_lora, scale=spec.lora.scale)
   return Policy(arch, model_cfg, graphdef, adapters, params, merge, tokenizer)
 
 
-def init_adapters(lora, params, mesh, seed: int):
-  """LoRA adapters (config.lora: targets, rank) for `params`, sharded like their kernels."""
+def init_adapters(lora: LoraSpec, params, mesh, seed: int):
+  """LoRA adapters (targets, rank) for `params`, sharded like their kernels."""
   base_specs = jax.tree.map(lambda x: x.sharding.spec, params)
-  adapters = jax.jit(functools.partial(init_lora, targets=tuple(lora.targets), rank=lora.rank))(
+  adapters = jax.jit(functools.partial(init_lora, targets=lora.targets, rank=lora.rank))(
       params, rng=jax.random.PRNGKey(seed + 1))
   return jax.device_put(adapters, named(mesh, lora_specs(base_specs, adapters)))
 

@@ -13,18 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.data import make_task, prompt_batch
+from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
                                        synthetic_pairs)
+from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
+from rewardlab.pipelines import sft
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train import sft
-from rewardlab.train.loop import fit
+from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import build_policy
+from rewardlab.train.policy import PolicySpec, build_policy
 from rewardlab.train.state import create_train_state
 
 HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha")
@@ -33,7 +34,7 @@ TOKEN_LEVEL = ("tgdpo",)   # objectives that need per-token rewards and referenc
 
 def summed_logprobs(model, tokens, valid, loss_mask, chunk: int):
   """Summed completion log-probs and completion lengths: [N, T] -> ([N], [N])."""
-  logps = sft.sequence_logprobs(model, tokens, valid, chunk)
+  logps = sequence_logprobs(model, tokens, valid, chunk)
   mask = loss_mask[:, 1:]
   return masked_sum(logps, mask, axis=-1), jnp.sum(mask, -1).astype(jnp.float32)
 
@@ -67,7 +68,7 @@ def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, to
   """TGDPO: DPO with per-token weights from the token-level reward r_t: chosen tokens
   w = max(0, 1 + alpha r_t) (push good tokens up harder), rejected tokens
   w = max(0, 1 - alpha r_t) (push bad tokens down harder); alpha = 0 is DPO."""
-  logps = sft.sequence_logprobs(model, batch.tokens, batch.valid, chunk)       # [2B, T-1]
+  logps = sequence_logprobs(model, batch.tokens, batch.valid, chunk)       # [2B, T-1]
   mask = batch.loss_mask[:, 1:].astype(jnp.float32)
   b = logps.shape[0] // 2
   r = batch.token_rewards
@@ -94,17 +95,20 @@ def make_preference_loss_fn(objective_cfg, chunk: int, per_pair_smoothing: bool 
   return loss_fn
 
 
-def load_pairs(config, task, tokenizer, skipped: dict | None = None):
-  """The run's pairs (file or synthetic), over-long pairs dropped-and-counted or an error,
-  by `data.on_bad_pair` ("error" | "skip"; skips are counted in `skipped`)."""
-  dc = config.data
+def load_pairs(data_cfg, seed: int, task: Task, tokenizer, token_rewards: bool = False,
+               skipped: dict | None = None):
+  """The run's pairs (config.data: `pref_path`, or synthetic `num_pairs` / `label_noise` /
+  `p_answer`), over-long pairs dropped-and-counted or an error by `on_bad_pair` ("error" |
+  "skip"; skips are counted in `skipped`). token_rewards: synthetic pairs carry gold
+  per-token rewards (TGDPO)."""
+  dc = data_cfg
   skip = skipped if dc.get("on_bad_pair", "error") == "skip" else None
   if dc.get("pref_path"):
     pairs = load_preferences(dc.pref_path, skip)
   else:
-    pairs = synthetic_pairs(task, np.random.default_rng([config.seed, 99]), dc.num_pairs,
+    pairs = synthetic_pairs(task, np.random.default_rng([seed, 99]), dc.num_pairs,
                             label_noise=dc.label_noise, p_answer=dc.p_answer,
-                            token_rewards=config.objective.name in TOKEN_LEVEL)
+                            token_rewards=token_rewards)
   return drop_too_long(pairs, tokenizer, dc.seq_len, skip)
 
 
@@ -116,7 +120,7 @@ def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size,
   def score(params, tokens, valid, mask):
     model = nnx.merge(graphdef, params)
     if per_token:
-      return sft.sequence_logprobs(model, tokens, valid, chunk) * mask[:, 1:]
+      return sequence_logprobs(model, tokens, valid, chunk) * mask[:, 1:]
     return summed_logprobs(model, tokens, valid, mask, chunk)[0]
 
   out = np.zeros((len(pairs), 2) + ((seq_len - 1,) if per_token else ()), np.float32)
@@ -130,11 +134,11 @@ def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size,
   return out
 
 
-def make_gold_evaluator(config, policy, ref_params, mesh):
+def make_gold_evaluator(eval_cfg, task: Task, policy, ref_params, mesh):
   """Gold reward of greedy completions on held-out prompts, win rate vs the reference's
-  greedy completions (ties count 1/2), exact-match accuracy, and a sampled KL(pi || ref)."""
-  ec, tok = config.eval, policy.tokenizer
-  task = make_task(config.data.task, **config.data.task_kwargs)
+  greedy completions (ties count 1/2), exact-match accuracy, and a sampled KL(pi || ref).
+  config.eval: seed, num_problems, max_prompt_len, max_new_tokens."""
+  ec, tok = eval_cfg, policy.tokenizer
   problems = task.sample_many(np.random.default_rng(ec.seed), ec.num_problems, split="eval")
   pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
   tokens, valid = shard_batch((pb.tokens, pb.valid), mesh)
@@ -145,7 +149,6 @@ def make_gold_evaluator(config, policy, ref_params, mesh):
 
   @jax.jit
   def logps_under(params, full_tokens, full_valid):
-    from rewardlab.train.rl import completion_logprobs
     return completion_logprobs(nnx.merge(policy.graphdef, params), full_tokens, full_valid,
                                ec.max_new_tokens)
 
@@ -171,56 +174,66 @@ def make_gold_evaluator(config, policy, ref_params, mesh):
   return evaluate
 
 
+def pair_batches(pairs, ref_cache: np.ndarray, tokenizer, seq_len: int, batch_size: int, key,
+                 token_level: bool = False):
+  """batch_at(i) -> PairBatch of update i: a reshuffled-every-epoch draw (seeded by `key`) of
+  the pairs with their cached reference log-probs ([n, 2] sums, or [n, 2, T-1] per token)."""
+  def batch_at(i: int) -> PairBatch:
+    idx = epoch_batch_indices(key, i, len(pairs), batch_size)
+    ref_pair = ref_cache[idx]
+    if token_level:   # per-token cache [n, 2, T-1]: rows chosen then rejected
+      per_token = np.concatenate([ref_pair[:, 0], ref_pair[:, 1]])
+      return pair_batch([pairs[j] for j in idx], tokenizer, seq_len, per_token.sum(-1),
+                        ref_token_logps=per_token, token_rewards=True)
+    return pair_batch([pairs[j] for j in idx], tokenizer, seq_len,
+                      np.concatenate([ref_pair[:, 0], ref_pair[:, 1]]))
+  return batch_at
+
+
+GOLD_PANELS = (("train", "loss"), ("train", "reward_margin"), ("eval", "gold_reward"),
+               ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref"))
+
+
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
   workdir = workdir or config.workdir
+  write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
   warm = sft.warm_start(config, workdir)
-  policy = build_policy(config, mesh)
+  policy = build_policy(PolicySpec.from_config(config), mesh)
   if warm is not None:
     policy.params = warm[0]
   ref = jax.tree.map(jnp.copy, policy.full_params())  # the frozen reference (own buffers)
+  token_level = config.objective.name in TOKEN_LEVEL
   skipped = {}
-  pairs = load_pairs(config, task, policy.tokenizer, skipped)
+  pairs = load_pairs(dc, config.seed, task, policy.tokenizer, token_level, skipped)
   if skipped:
     print(f"preference data: skipped {skipped}", flush=True)
   if len(pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
-  token_level = config.objective.name in TOKEN_LEVEL
   if config.objective.name in REFERENCE_FREE:
     ref_cache, passes = np.zeros((len(pairs), 2), np.float32), 0
   else:
     ref_cache = reference_logps(policy.graphdef, ref, pairs, policy.tokenizer, dc.seq_len,
-                                dc.batch_size, mesh, tc.logprob_chunk,
-                                per_token=token_level)
+                                dc.batch_size, mesh, tc.logprob_chunk, per_token=token_level)
     passes = 1
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   state = create_train_state(policy.params, optimizer, mesh, config.seed,
                              frozen={"base": policy.frozen})
   merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
-
-  def batch_at(i: int) -> PairBatch:
-    idx = epoch_batch_indices([config.seed], i, len(pairs), dc.batch_size)
-    ref_pair = ref_cache[idx]
-    if token_level:   # per-token cache [n, 2, T-1]: rows chosen then rejected
-      per_token = np.concatenate([ref_pair[:, 0], ref_pair[:, 1]])
-      return pair_batch([pairs[j] for j in idx], policy.tokenizer, dc.seq_len, per_token.sum(-1),
-                        ref_token_logps=per_token, token_rewards=True)
-    return pair_batch([pairs[j] for j in idx], policy.tokenizer, dc.seq_len,
-                      np.concatenate([ref_pair[:, 0], ref_pair[:, 1]]))
-
   loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
 
   def with_cache_metric(model, batch, rng):
     loss, metrics = loss_fn(model, batch, rng)
     return loss, dict(metrics, ref_forward_passes=jnp.float32(passes))
 
-  summary = fit(config, workdir, mesh, policy.graphdef, state, with_cache_metric, optimizer,
-                schedule, batch_at, make_gold_evaluator(config, policy, ref, mesh),
-                stop_at_step=stop_at_step, merge=merge,
-                plot_panels=(("train", "loss"), ("train", "reward_margin"), ("eval", "gold_reward"),
-                             ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref")))
+  batch_at = pair_batches(pairs, ref_cache, policy.tokenizer, dc.seq_len, dc.batch_size, [config.seed],
+                          token_level)
+  pipeline = Pipeline(policy.graphdef, state, with_cache_metric, optimizer, schedule, offline_source(batch_at),
+                      make_gold_evaluator(config.eval, task, policy, ref, mesh), merge=merge,
+                      plot_panels=GOLD_PANELS)
+  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
   summary["num_pairs"] = len(pairs)
   summary["skipped"] = skipped
   return summary

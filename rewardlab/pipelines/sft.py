@@ -1,4 +1,10 @@
-"""Supervised fine-tuning pipeline on a synthetic task (the first main job)."""
+"""Supervised fine-tuning on a synthetic task (pipeline "sft"), and the SFT warm-up that the
+RL, preference and reward-model pipelines start from.
+
+Step i trains on `data.batch_size` fresh problems drawn with seed (config.seed, i); with
+`data.judge_fraction` > 0 part of the batch teaches the policy to judge answers (yes/no).
+Evaluation: greedy exact-match accuracy on held-out problems.
+"""
 from __future__ import annotations
 
 import copy
@@ -8,22 +14,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from rewardlab.data import SequenceBatch, make_task, sft_batch
+from rewardlab.data import SequenceBatch, Task, make_task, sft_batch
 from rewardlab.eval import exact_match
+from rewardlab.models.logprobs import sequence_logprobs
 from rewardlab.objectives import OBJECTIVES
-from rewardlab.ops import chunked_token_logprobs
+from rewardlab.rewards.judge import judge_examples, make_judge
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.train.loop import fit
-from rewardlab.train.optim import make_optimizer
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.policy import Policy, build_policy, export_policy
+from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.train.optim import make_optimizer
+from rewardlab.train.policy import Policy, PolicySpec, build_policy, export_policy
 from rewardlab.train.state import create_train_state
-
-
-def sequence_logprobs(model, tokens, valid, chunk_size: int = 4096):
-  """Log-probs of tokens[:, 1:] given their prefixes: [B, T] -> [B, T-1] float32."""
-  hidden, _ = model.hidden_states(tokens[:, :-1], valid=valid[:, :-1])
-  return chunked_token_logprobs(hidden, model.unembedding(), tokens[:, 1:], chunk_size)
 
 
 def make_sft_loss_fn(objective_cfg, chunk_size: int = 4096):
@@ -38,10 +39,10 @@ def make_sft_loss_fn(objective_cfg, chunk_size: int = 4096):
   return loss_fn
 
 
-def make_accuracy_evaluator(config, policy: Policy, task, mesh):
-  """Greedy exact-match accuracy on a fixed set of held-out problems."""
-  ec = config.eval
-  tokenizer = policy.tokenizer
+def make_accuracy_evaluator(eval_cfg, policy: Policy, task: Task, mesh):
+  """Greedy exact-match accuracy on a fixed set of held-out problems (config.eval: seed,
+  num_problems, max_prompt_len, max_new_tokens, batch_size)."""
+  ec, tokenizer = eval_cfg, policy.tokenizer
   problems = task.sample_many(np.random.default_rng(ec.seed), ec.num_problems, split="eval")
   greedy = SamplingParams(max_new_tokens=ec.max_new_tokens, temperature=0.0,
                           stop_ids=(tokenizer.eos_id,))
@@ -58,32 +59,36 @@ def make_accuracy_evaluator(config, policy: Policy, task, mesh):
   return evaluate
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  workdir = workdir or config.workdir
-  mesh = make_mesh(dict(config.mesh))
-  task = make_task(config.data.task, **config.data.task_kwargs)
-  optimizer, schedule = make_optimizer(config.optim, config.train.steps)
-  policy = build_policy(config, mesh)
-  tokenizer = policy.tokenizer
-  state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen=policy.frozen)
-  dc = config.data
-
-  n_judge = int(round(dc.get("judge_fraction", 0.0) * dc.batch_size))
-  if n_judge:   # pointwise judge examples (answer -> yes/no) so the policy can judge itself
-    from rewardlab.rewards.judge import judge_examples, judge_from_config
-    judge = judge_from_config(config, policy, mesh)
-
+def sft_batches(task: Task, tokenizer, seed: int, batch_size: int, seq_len: int, judge=None,
+                n_judge: int = 0):
+  """batch_at(i) -> SequenceBatch of update i: problems drawn with seed (seed, i), the last
+  n_judge rows judge examples (`judge_examples`) when a judge is given."""
   def batch_at(i: int) -> SequenceBatch:
-    rng = np.random.default_rng([config.seed, i])
-    rows = task.sample_many(rng, dc.batch_size - n_judge)
+    rng = np.random.default_rng([seed, i])
+    rows = task.sample_many(rng, batch_size - n_judge)
     if n_judge:
       rows += judge_examples(task, rng, n_judge, judge)
-    return sft_batch(rows, tokenizer, dc.seq_len)
+    return sft_batch(rows, tokenizer, seq_len)
+  return batch_at
 
-  summary = fit(config, workdir, mesh, policy.graphdef, state,
-                make_sft_loss_fn(config.objective, config.train.logprob_chunk), optimizer,
-                schedule, batch_at, make_accuracy_evaluator(config, policy, task, mesh),
-                stop_at_step=stop_at_step, merge=policy.merge)
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  write_config(config, workdir)
+  mesh = make_mesh(dict(config.mesh))
+  dc = config.data
+  task = make_task(dc.task, **dc.task_kwargs)
+  optimizer, schedule = make_optimizer(config.optim, config.train.steps)
+  policy = build_policy(PolicySpec.from_config(config), mesh)
+  state = create_train_state(policy.params, optimizer, mesh, config.seed, frozen=policy.frozen)
+  n_judge = int(round(dc.get("judge_fraction", 0.0) * dc.batch_size))
+  judge = (make_judge(config.judge, policy.graphdef, policy.tokenizer, mesh, config.eval.batch_size)
+           if n_judge else None)
+  batch_at = sft_batches(task, policy.tokenizer, config.seed, dc.batch_size, dc.seq_len, judge, n_judge)
+  pipeline = Pipeline(policy.graphdef, state, make_sft_loss_fn(config.objective, config.train.logprob_chunk),
+                      optimizer, schedule, offline_source(batch_at),
+                      make_accuracy_evaluator(config.eval, policy, task, mesh), merge=policy.merge)
+  summary = fit(pipeline, mesh, LoopSettings.from_config(config.train), workdir, stop_at_step)
   if config.get("export_hf"):
     final = summary["state"]
     summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
@@ -91,8 +96,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
 
 
 def warm_start(config, workdir: str):
-  """Runs (or resumes, or skips if finished) the SFT warm-up that RL and preference
-  pipelines start from. Returns (final params, held-out accuracy) or None if disabled."""
+  """Runs (or resumes, or skips if finished) the SFT warm-up that RL, preference and RM
+  pipelines start from, in <workdir>/sft_warmup. Returns (final params, held-out accuracy),
+  or None when config.sft_warmup is absent or has 0 steps."""
   wc = config.get("sft_warmup")
   if wc is None or wc.steps <= 0:
     return None

@@ -18,68 +18,62 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from rewardlab.data import load_tokenizer, make_task
+from rewardlab.data import Task, make_task
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
                                        synthetic_rm_pairs)
 from rewardlab.eval.reward_model import rm_report, write_report
-from rewardlab.models import hf as hf_io
 from rewardlab.models.lora import apply_lora
-from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, response_scores, split_pairs
+from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs
 from rewardlab.objectives import reward_model as rmo
-from rewardlab.sharding import LOGICAL_RULES, make_mesh, shard_batch
-from rewardlab.train import sft
-from rewardlab.train.loop import fit
+from rewardlab.pipelines import sft
+from rewardlab.sharding import make_mesh, shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import init_adapters, model_fields, resolve_model_config
+from rewardlab.train.policy import LoraSpec, PolicySpec, init_adapters, load_trunk, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
 from rewardlab.train.step import model_params
 
 
-def head_config(config, tokenizer) -> HeadConfig:
-  """config.rm.head -> HeadConfig; the process head's separator id comes from the tokenizer."""
-  fields = dict(config.rm.head)
+def head_config(rm_cfg, tokenizer) -> HeadConfig:
+  """config.rm.head -> HeadConfig; the process head's separator id comes from the tokenizer
+  (config.rm.step_separator, one token)."""
+  fields = dict(rm_cfg.head)
   if fields.get("type") == "process":
-    ids = tokenizer.encode(config.rm.step_separator)
+    ids = tokenizer.encode(rm_cfg.step_separator)
     if len(ids) != 1:
-      raise ValueError(f"config.rm.step_separator={config.rm.step_separator!r} is {len(ids)} tokens; "
+      raise ValueError(f"config.rm.step_separator={rm_cfg.step_separator!r} is {len(ids)} tokens; "
                        "the process head needs a single-token separator")
     fields["sep_id"] = ids[0]
   return HeadConfig.from_mapping(fields)
 
 
-def build_reward_model(config, mesh, trunk_params=None):
-  """-> (graphdef, params, tokenizer, HeadConfig, ModelConfig). The trunk(s) come from
-  `trunk_params` (e.g. an SFT warm-up), `model.hf_path`, or a fresh init."""
-  model_cfg = resolve_model_config(config)
-  hf_path = config.model.get("hf_path", "")
-  tokenizer = load_tokenizer(config.get("tokenizer_path") or hf_path or None)
-  hc = head_config(config, tokenizer)
-  graphdef, params = init_params(lambda: RewardModel(model_cfg, hc, rngs=nnx.Rngs(config.seed)), mesh)
-  if trunk_params is None and hf_path:
-    keep = {k: v for k, v in model_fields(config.model).items() if k in ("dtype", "param_dtype", "remat")}
-    trunk_params = hf_io.load_hf_model(hf_path, mesh, LOGICAL_RULES, **keep)[3]
+def build_reward_model(spec: PolicySpec, hc: HeadConfig, mesh, trunk_params=None):
+  """-> (graphdef, params, ModelConfig). The trunk(s) come from `trunk_params` (e.g. an SFT
+  warm-up), the spec's HF folder, or a fresh init."""
+  model_cfg = resolve_model_config(spec)
+  graphdef, params = init_params(lambda: RewardModel(model_cfg, hc, rngs=nnx.Rngs(spec.seed)), mesh)
+  if trunk_params is None and spec.hf_path:
+    trunk_params = load_trunk(spec, mesh)[3]
   if trunk_params is not None:
     for i in params["trunks"]:
       params["trunks"][i] = jax.tree.map(jnp.copy, trunk_params)
-  return graphdef, params, tokenizer, hc, model_cfg
+  return graphdef, params, model_cfg
 
 
-def rm_lora(config, params, mesh):
-  """-> (trainable, frozen, merge). With `config.lora.rank > 0` the trunk(s) stay frozen and
+def rm_lora(lora: LoraSpec, params, mesh, seed: int):
+  """-> (trainable, frozen, merge). With `lora.rank > 0` the trunk(s) stay frozen and
   train through LoRA adapters while the head(s) train in full: trainable is
   {"heads": ..., "lora": adapters}, frozen the trunks, and merge(trainable, frozen) the full
   RewardModel params. Without LoRA: (params, None, None)."""
-  lora = config.get("lora")
-  if lora is None or lora.rank <= 0:
+  if lora.rank <= 0:
     return params, None, None
   trunks = params["trunks"]
-  adapters = init_adapters(lora, trunks, mesh, config.seed)
-  scale = lora.alpha / lora.rank
+  adapters = init_adapters(lora, trunks, mesh, seed)
 
   def merge(trainable, frozen):
     full = {k: v for k, v in trainable.items() if k != "lora"}
-    full["trunks"] = apply_lora(frozen, trainable["lora"], scale)
+    full["trunks"] = apply_lora(frozen, trainable["lora"], lora.scale)
     return full
   return dict({k: v for k, v in params.items() if k != "trunks"}, lora=adapters), trunks, merge
 
@@ -134,18 +128,19 @@ def check_step_labels(batch: RMBatch, sep_id: int, where: str):
     raise ValueError(f"{where}: response {i} has {seps[i]} step separators but {labels[i]} step labels")
 
 
-def load_pair_sets(config, task):
-  """(train pairs, eval pairs): files when configured, else synthetic train/eval splits."""
-  dc = config.data
-  steps = config.rm.head.type == "process"
+def load_pair_sets(data_cfg, seed: int, task: Task, steps: bool = False):
+  """(train pairs, eval pairs): files when configured (config.data: pref_path, eval_path), else
+  synthetic train/eval splits (num_pairs, eval_pairs, label_noise, length_bias, tie_frac,
+  p_answer, p_slip, eval_length_trap); `steps`: with per-step labels (process head)."""
+  dc = data_cfg
   kw = dict(label_noise=dc.label_noise, length_bias=dc.length_bias, tie_frac=dc.tie_frac,
             p_answer=dc.p_answer, steps=steps, p_slip=dc.get("p_slip", 0.5))
   train = (load_preferences(dc.pref_path) if dc.get("pref_path") else
-           synthetic_rm_pairs(task, np.random.default_rng([config.seed, 7]), dc.num_pairs, **kw))
+           synthetic_rm_pairs(task, np.random.default_rng([seed, 7]), dc.num_pairs, **kw))
   if dc.get("eval_path"):
     held_out = load_preferences(dc.eval_path)
   else:   # clean labels, best-of-4 groups, and a length-trap subset
-    held_out = synthetic_rm_pairs(task, np.random.default_rng([config.seed, 8]), dc.eval_pairs,
+    held_out = synthetic_rm_pairs(task, np.random.default_rng([seed, 8]), dc.eval_pairs,
                                   split="eval", p_answer=dc.p_answer, rejected_per_prompt=3,
                                   length_trap=dc.eval_length_trap, steps=steps, p_slip=dc.get("p_slip", 0.5))
   return train, held_out
@@ -160,13 +155,12 @@ def make_scorer(graphdef, hc: HeadConfig, mesh):
   return score
 
 
-def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, report_dir=None,
-                      merge=None):
+def make_rm_evaluator(graphdef, hc: HeadConfig, tokenizer, pairs, mesh, seq_len: int, batch_size: int,
+                      report_dir=None, merge=None):
   """Scores held-out pairs in fixed-size batches -> rm_report scalars (+ report files).
   `merge`: `rm_lora`'s, to score the full params of a LoRA-trained state."""
-  dc, bs = config.data, config.eval.batch_size
+  bs = batch_size
   score = make_scorer(graphdef, hc, mesh)
-  num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
   has_gold = all(p.chosen_ratings and p.rejected_ratings for p in pairs)
 
   def evaluate(state):
@@ -175,7 +169,7 @@ def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, 
     for s in range(0, len(pairs), bs):
       chunk = list(pairs[s:s + bs])
       n = len(chunk)
-      b = rm_batch(chunk + [chunk[-1]] * (bs - n), tokenizer, dc.seq_len, num_attr, max_steps)
+      b = rm_batch(chunk + [chunk[-1]] * (bs - n), tokenizer, seq_len, hc.num_attributes, hc.max_steps)
       lg, sc, sl, sm = jax.device_get(score(params, *shard_batch(
           (b.tokens, b.valid, b.completion_start), mesh)))
       logits.append(lg[:n])
@@ -202,7 +196,7 @@ def make_rm_evaluator(config, graphdef, hc: HeadConfig, tokenizer, pairs, mesh, 
   return evaluate
 
 
-def export_reward_model(folder: str, params, config, hc: HeadConfig, model_cfg) -> str:
+def export_reward_model(folder: str, params, hc: HeadConfig, model_cfg, tokenizer_path: str, seq_len: int) -> str:
   """<folder>/params (orbax) + rm.json (model, head, tokenizer, seq_len): what the scorer loads."""
   import dataclasses
   folder = os.path.abspath(folder)
@@ -210,31 +204,36 @@ def export_reward_model(folder: str, params, config, hc: HeadConfig, model_cfg) 
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(folder, "params"), params, force=True)
   meta = {"model": dataclasses.asdict(model_cfg), "head": dataclasses.asdict(hc),
-          "tokenizer_path": config.get("tokenizer_path") or config.model.get("hf_path", ""),
-          "seq_len": config.data.seq_len}
+          "tokenizer_path": tokenizer_path, "seq_len": seq_len}
   with open(os.path.join(folder, "rm.json"), "w") as f:
     json.dump(meta, f, indent=2)
   return folder
 
 
+RM_PANELS = (("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"), ("eval", "best_of_4"), ("eval", "ece"))
+
+
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
   workdir = workdir or config.workdir
+  write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
   warm = sft.warm_start(config, workdir)
-  graphdef, params, tokenizer, hc, model_cfg = build_reward_model(config, mesh, None if warm is None else warm[0])
-  train_pairs, eval_pairs = load_pair_sets(config, task)
+  spec = PolicySpec.from_config(config)
+  tokenizer = spec.load_tokenizer()
+  hc = head_config(config.rm, tokenizer)
+  graphdef, params, model_cfg = build_reward_model(spec, hc, mesh, None if warm is None else warm[0])
+  train_pairs, eval_pairs = load_pair_sets(dc, config.seed, task, steps=hc.type == "process")
   if len(train_pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(train_pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
-  trainable, frozen, merge = rm_lora(config, params, mesh)
+  trainable, frozen, merge = rm_lora(spec.lora, params, mesh, config.seed)
   state = create_train_state(trainable, optimizer, mesh, config.seed, frozen=frozen)
-  num_attr, max_steps = config.rm.head.num_attributes, config.rm.head.max_steps
 
   def batch_at(i: int) -> RMBatch:
     idx = epoch_batch_indices([config.seed], i, len(train_pairs), dc.batch_size)
-    b = rm_batch([train_pairs[j] for j in idx], tokenizer, dc.seq_len, num_attr, max_steps)
+    b = rm_batch([train_pairs[j] for j in idx], tokenizer, dc.seq_len, hc.num_attributes, hc.max_steps)
     if hc.type == "process":
       check_step_labels(b, hc.sep_id, f"training batch {i}")
     return b
@@ -243,17 +242,16 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
     del rng
     return rm_loss(hc, config.rm, model(batch.tokens, batch.valid, batch.completion_start), batch)
 
-  evaluate = make_rm_evaluator(config, graphdef, hc, tokenizer, eval_pairs, mesh, report_dir=workdir,
-                               merge=merge)
-  summary = fit(config, workdir, mesh, graphdef, state, loss_fn, optimizer, schedule, batch_at, evaluate,
-                stop_at_step=stop_at_step, merge=merge,
-                plot_panels=(("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"),
-                             ("eval", "best_of_4"), ("eval", "ece")))
+  evaluate = make_rm_evaluator(graphdef, hc, tokenizer, eval_pairs, mesh, dc.seq_len, config.eval.batch_size,
+                               report_dir=workdir, merge=merge)
+  pipeline = Pipeline(graphdef, state, loss_fn, optimizer, schedule, offline_source(batch_at), evaluate,
+                      merge=merge, plot_panels=RM_PANELS)
+  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
   summary["report"] = getattr(evaluate, "report", None)
   final = summary["state"]
   summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"),
                                           model_params(final.params, final.frozen, merge),  # LoRA: merged
-                                          config, hc, model_cfg)
+                                          hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len)
   summary["num_pairs"] = len(train_pairs)
   return summary
 
