@@ -30,6 +30,7 @@ def get_config(variant: str = ""):
   hf_path = ml_collections.FieldReference("", field_type=str)
   prompt_len = ml_collections.FieldReference(256, field_type=int)
   c.model.hf_path = hf_path
+  c.model.max_seq_len = 1024     # used only without hf_path (then the embedded byte model runs)
   c.data.task = "math_jsonl"
   c.data.task_kwargs = ml_collections.ConfigDict(dict(
       path="", eval_path="", format="auto", template=DEFAULT_TEMPLATE, system="", chat=True,
@@ -50,6 +51,7 @@ def get_config(variant: str = ""):
   if variant == "tiny":
     c.workdir = "runs/grpo_gsm8k_tiny"
     prompt_len.set(128)
+    c.model.max_seq_len = 160
     c.rl.update(num_prompts=4, group_size=4, max_new_tokens=16, minibatch_size=16)
     c.optim.lr = 1e-4
     c.train.update(steps=3, eval_every=3, checkpoint_every=0)

@@ -246,3 +246,18 @@ def test_tfds_round_trips_prompt_unpaired_and_conversational_rows(tmp_path):
     assert back == sorted(direct[kind]), kind
   assert direct["prompt"][0].prompt.endswith("<|im_start|>assistant\n")
   assert np.all([isinstance(r, PromptRow) for r in direct["prompt"]])
+
+
+def test_unpaired_batch_for_kto_pairs_each_prompt_with_the_previous_completion():
+  from rewardlab.data.preference import unpaired_batch
+  tok = ByteTokenizer()
+  rows = [UnpairedExample("1+1=", "2", True), UnpairedExample("2+2=", "5", False), UnpairedExample("3+3=", "66", True)]
+  b = unpaired_batch(rows, tok, 12)
+  text = lambda toks, valid: bytes(t for t, v in zip(toks, valid) if v and t < 256).decode()  # noqa: E731
+  assert [text(t, v) for t, v in zip(b.tokens, b.valid)] == ["1+1=2", "2+2=5", "3+3=66"]
+  assert [text(t, v) for t, v in zip(b.kl_tokens, b.kl_valid)] == ["1+1=66", "2+2=2", "3+3=5"]
+  assert b.desirable.tolist() == [True, False, True]
+  assert b.loss_mask.sum(1).tolist() == [2, 2, 3] and b.kl_loss_mask.sum(1).tolist() == [3, 2, 2]
+  assert b.tokens[0, 6] == tok.eos_id and b.loss_mask[0].tolist()[4:8] == [False, True, True, False]
+  with pytest.raises(ValueError, match="at least 2 examples"):
+    unpaired_batch(rows[:1], tok, 12)

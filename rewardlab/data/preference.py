@@ -280,6 +280,42 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
   return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win, smooth, tok_r, ref_tok)
 
 
+class UnpairedBatch(NamedTuple):
+  """KTO's unpaired rows (formats.UnpairedExample), right-padded.
+
+  tokens/valid/loss_mask:          [B, T] `BOS prompt completion EOS`, loss on completion + EOS
+  desirable:                       [B] bool, the row's label
+  kl_tokens/kl_valid/kl_loss_mask: [B, T] prompt i with completion i-1 (a mismatched pair, as
+                                   TRL builds them): KTO's estimate of KL(pi || ref) for z
+  ref_logps / kl_ref_logps:        [B] the reference's summed completion log-probs of each
+                                   (zeros until computed)"""
+  tokens: np.ndarray
+  valid: np.ndarray
+  loss_mask: np.ndarray
+  desirable: np.ndarray
+  kl_tokens: np.ndarray
+  kl_valid: np.ndarray
+  kl_loss_mask: np.ndarray
+  ref_logps: np.ndarray
+  kl_ref_logps: np.ndarray
+
+
+def unpaired_batch(examples: Sequence, tokenizer, seq_len: int, ref_logps: np.ndarray | None = None,
+                   kl_ref_logps: np.ndarray | None = None) -> UnpairedBatch:
+  """Encodes UnpairedExamples and their mismatched KL pairs (see UnpairedBatch)."""
+  from rewardlab.data.batching import sft_batch
+  if len(examples) < 2:
+    raise ValueError("unpaired_batch: KTO's mismatched KL pairs need at least 2 examples per batch")
+  b = sft_batch([Problem(e.prompt, e.completion) for e in examples], tokenizer, seq_len)
+  kl = sft_batch([Problem(e.prompt, examples[i - 1].completion) for i, e in enumerate(examples)],
+                 tokenizer, seq_len)
+  zeros = np.zeros((len(examples),), np.float32)
+  return UnpairedBatch(b.tokens, b.valid, b.loss_mask, np.array([e.label for e in examples], bool),
+                       kl.tokens, kl.valid, kl.loss_mask,
+                       zeros if ref_logps is None else np.asarray(ref_logps, np.float32),
+                       zeros if kl_ref_logps is None else np.asarray(kl_ref_logps, np.float32))
+
+
 # --- synthetic reward-model data -----------------------------------------------------------
 
 ATTRIBUTES = ("correctness", "format", "verbosity")   # ratings of the synthetic data
