@@ -34,7 +34,8 @@ def get_config(variant: str = ""):
   c.data.task = "math_jsonl"
   c.data.task_kwargs = ml_collections.ConfigDict(dict(
       path="", eval_path="", format="auto", template=DEFAULT_TEMPLATE, system="", chat=True,
-      tokenizer_path=hf_path, max_prompt_tokens=prompt_len, skip_bad_rows=False, timeout_s=2.0))
+      tokenizer_path=hf_path, max_prompt_tokens=prompt_len, skip_bad_rows=False, timeout_s=2.0,
+      verifier_workers=4))
   c.objective = ml_collections.ConfigDict(dict(
       name="grpo", clip_low=placeholder(float), clip_high=placeholder(float),
       beta=placeholder(float), kl=placeholder(str), aggregation=placeholder(str),
@@ -53,6 +54,7 @@ def get_config(variant: str = ""):
     prompt_len.set(128)
     c.model.max_seq_len = 160
     c.rl.update(num_prompts=4, group_size=4, max_new_tokens=16, minibatch_size=16)
+    c.data.task_kwargs.verifier_workers = 1
     c.optim.lr = 1e-4
     c.train.update(steps=3, eval_every=3, checkpoint_every=0)
     c.eval.update(max_new_tokens=16, num_problems=4, batch_size=4, passk_problems=4, pass_n=2, pass_k=(1, 2))

@@ -132,14 +132,24 @@ def test_a_stuck_checker_process_is_killed_and_restarted(tmp_path):
   checker = MathChecker(timeout_s=0.2, grace_s=0.3, command=[sys.executable, str(fake)])
   try:
     assert checker.check("fine", "1") == (True, "ok")
-    first = checker._proc.pid
+    first = checker._children[0].proc.pid
     t0 = time.perf_counter()
     assert checker.check("hang", "1") == (False, "timeout")
     assert time.perf_counter() - t0 < 2.0
-    assert checker._proc is None
-    assert checker.check("fine again", "1") == (True, "ok") and checker._proc.pid != first
+    assert checker._children[0].proc is None
+    assert checker.check("fine again", "1") == (True, "ok") and checker._children[0].proc.pid != first
   finally:
     checker.close()
+  # with two children, the others' checks go on while one is stuck
+  pool = MathChecker(timeout_s=0.2, grace_s=0.3, workers=2, command=[sys.executable, str(fake)])
+  try:
+    t0 = time.perf_counter()
+    got = pool.check_many(["a", "hang", "b", "c", "d", "hang"], ["1"] * 6)
+    assert [v.status for v in got] == ["ok", "timeout", "ok", "ok", "ok", "timeout"]
+    assert pool.counts == {"checked": 5, "ok": 4, "timeout": 1}     # the repeated "hang" is one check
+    assert time.perf_counter() - t0 < 3.0
+  finally:
+    pool.close()
   broken = MathChecker(command=[sys.executable, "-c", "import sys; sys.exit('no math here')"])
   with pytest.raises(RuntimeError, match="(?s)did not start:.*no math here"):
     broken.check("x", "1")

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -91,87 +92,150 @@ class Verdict(NamedTuple):
   status: str      # one of STATUSES: ok | unparsable (no final answer found) | bad_gold | timeout | error
 
 
+class _Child:
+  """One checker process: spawned, sent one request at a time, read when its stdout is ready."""
+
+  def __init__(self, argv: list[str]):
+    self.argv, self.proc, self.stderr = argv, None, None
+
+  def alive(self) -> bool:
+    return self.proc is not None and self.proc.poll() is None
+
+  def spawn(self):
+    self.close()
+    self.stderr = tempfile.TemporaryFile()
+    self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+
+  def send(self, pred: str, gold: str) -> bool:
+    try:
+      self.proc.stdin.write((json.dumps({"pred": pred, "gold": gold}) + "\n").encode())
+      self.proc.stdin.flush()
+      return True
+    except BrokenPipeError:
+      return False
+
+  def reply(self) -> dict | None:
+    line = self.proc.stdout.readline()
+    return json.loads(line) if line else None
+
+  def stderr_tail(self) -> str:
+    self.stderr.seek(0)
+    return self.stderr.read().decode(errors="replace")[-2000:]
+
+  def close(self):
+    if self.proc is not None:
+      self.proc.kill()
+      self.proc.wait()
+      for f in (self.proc.stdin, self.proc.stdout, self.stderr):
+        f.close()
+      self.proc = None
+
+
 class MathChecker:
-  """Math-verify in a child process with a per-check timeout; verdicts are cached by
-  (completion, gold) so several rewards over one batch check each completion once.
+  """Math-verify in `workers` child processes with a per-check timeout; verdicts are cached
+  by (completion, gold) so several rewards over one batch check each completion once.
   `counts` tallies statuses (and "checked") over the checker's life."""
 
-  def __init__(self, timeout_s: float = 2.0, grace_s: float = 2.0, memory_mb: int = 2048,
+  def __init__(self, timeout_s: float = 2.0, grace_s: float = 2.0, workers: int = 1, memory_mb: int = 2048,
                start_timeout_s: float = 120.0, cache_size: int = 16384, command: Sequence[str] | None = None):
-    """grace_s: how much longer than timeout_s the parent waits before it kills the child;
-    memory_mb: the child's address-space limit; command: the child's argv (tests)."""
-    if timeout_s <= 0:
-      raise ValueError(f"MathChecker: timeout_s={timeout_s} must be > 0")
+    """grace_s: how much longer than timeout_s the parent waits before it kills a child;
+    workers: checks run in parallel; memory_mb: each child's address-space limit;
+    command: the child's argv (tests)."""
+    if timeout_s <= 0 or workers < 1:
+      raise ValueError(f"MathChecker: timeout_s={timeout_s} must be > 0 and workers={workers} >= 1")
     self.timeout_s, self.grace_s, self.memory_mb = float(timeout_s), float(grace_s), int(memory_mb)
     self.command = list(command or [sys.executable, _WORKER])
     self.start_timeout_s, self.cache_size = start_timeout_s, cache_size
     self.counts = collections.Counter()
     self._cache: collections.OrderedDict = collections.OrderedDict()
-    self._proc = None
+    argv = self.command + [str(self.timeout_s), str(self.memory_mb)]
+    self._children = [_Child(argv) for _ in range(workers)]
     self._lock = threading.Lock()
     atexit.register(self.close)
 
-  def _start(self):
-    self._stderr = tempfile.TemporaryFile()
-    self._proc = subprocess.Popen(self.command + [str(self.timeout_s), str(self.memory_mb)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-    reply = self._read(self.start_timeout_s)
-    if reply is None or not reply.get("ready"):
-      self._stderr.seek(0)
-      tail = self._stderr.read().decode(errors="replace")[-2000:]
-      self.close()
-      raise RuntimeError(f"math verifier process ({' '.join(self.command)}) did not start:\n{tail}\n"
-                         "(is math-verify installed? pip install math-verify)")
-
-  def _read(self, timeout: float):
-    """One reply line within `timeout` seconds, or None (no reply, or the child died)."""
-    ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-    if not ready:
-      return None
-    line = self._proc.stdout.readline()
-    return json.loads(line) if line else None
+  @property
+  def workers(self) -> int:
+    return len(self._children)
 
   def close(self):
-    if self._proc is not None:
-      self._proc.kill()
-      self._proc.wait()
-      for f in (self._proc.stdin, self._proc.stdout, self._stderr):
-        f.close()
-      self._proc = None
+    for c in self._children:
+      c.close()
 
-  def _ask(self, pred: str, gold: str) -> Verdict:
-    if self._proc is None or self._proc.poll() is not None:
-      self.close()
-      self._start()
-    try:
-      self._proc.stdin.write((json.dumps({"pred": pred, "gold": gold}) + "\n").encode())
-      self._proc.stdin.flush()
-    except BrokenPipeError:
-      self.close()
-      return Verdict(False, "error")
-    reply = self._read(self.timeout_s + self.grace_s)
-    if reply is None:            # stuck where the child's own timer cannot interrupt it, or died
-      died = self._proc.poll() is not None
-      self.close()
-      return Verdict(False, "error" if died else "timeout")
-    return Verdict(bool(reply["correct"]), reply["status"])
+  def _start(self, children: list[_Child]):
+    """Spawns `children` together and waits for each one's ready line."""
+    for c in children:
+      c.spawn()
+    waiting = {c.proc.stdout: c for c in children}
+    deadline = time.monotonic() + self.start_timeout_s
+    while waiting:
+      ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
+      failed = None if ready else next(iter(waiting.values()))
+      for f in ready:
+        c = waiting.pop(f)
+        if not (c.reply() or {}).get("ready"):
+          failed = c
+      if failed is not None:
+        tail = failed.stderr_tail()
+        self.close()
+        raise RuntimeError(f"math verifier process ({' '.join(self.command)}) did not start:\n{tail}\n"
+                           "(is math-verify installed? pip install math-verify)")
 
-  def check(self, completion: str, gold: str) -> Verdict:
-    key = (completion, gold)
-    with self._lock:
-      if key in self._cache:
-        self._cache.move_to_end(key)
-        return self._cache[key]
-      verdict = self._ask(prediction_text(completion), gold)
-      self.counts["checked"] += 1
-      self.counts[verdict.status] += 1
-      self._cache[key] = verdict
-      if len(self._cache) > self.cache_size:
-        self._cache.popitem(last=False)
-      return verdict
+  def _run(self, items: list[tuple[str, str]]) -> list[Verdict]:
+    """Checks (prediction text, gold) items on the children; each item has timeout_s +
+    grace_s from when it was sent, after which its child is killed (restarted on demand)."""
+    out: list = [None] * len(items)
+    queue, busy = collections.deque(range(len(items))), {}     # busy: child -> (item, deadline)
+    while queue or busy:
+      idle = [c for c in self._children if c not in busy]
+      if queue and idle:
+        self._start([c for c in idle if not c.alive()])
+        for c in idle[:len(queue)]:
+          i = queue.popleft()
+          if c.send(*items[i]):
+            busy[c] = (i, time.monotonic() + self.timeout_s + self.grace_s)
+          else:
+            c.close()
+            out[i] = Verdict(False, "error")
+      if not busy:
+        continue
+      wait = max(0.0, min(d for _, d in busy.values()) - time.monotonic())
+      by_file = {c.proc.stdout: c for c in busy}
+      ready, _, _ = select.select(list(by_file), [], [], wait)
+      for f in ready:
+        c = by_file[f]
+        i, _ = busy.pop(c)
+        msg = c.reply()
+        if msg is None:              # the child died (e.g. killed by the OS)
+          c.close()
+          out[i] = Verdict(False, "error")
+        else:
+          out[i] = Verdict(bool(msg["correct"]), msg["status"])
+      now = time.monotonic()
+      for c, (i, deadline) in list(busy.items()):
+        if now >= deadline:          # stuck where the child's own timer cannot interrupt it
+          busy.pop(c)
+          c.close()
+          out[i] = Verdict(False, "timeout")
+    return out
 
   def check_many(self, completions: Sequence[str], golds: Sequence[str]) -> list[Verdict]:
-    return [self.check(c, g) for c, g in zip(completions, golds)]
+    keys = list(zip(completions, golds))
+    with self._lock:
+      todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+      for key, verdict in zip(todo, self._run([(prediction_text(c), g) for c, g in todo])):
+        self.counts["checked"] += 1
+        self.counts[verdict.status] += 1
+        self._cache[key] = verdict
+      out = []
+      for key in keys:
+        self._cache.move_to_end(key)
+        out.append(self._cache[key])
+      while len(self._cache) > self.cache_size:
+        self._cache.popitem(last=False)
+      return out
+
+  def check(self, completion: str, gold: str) -> Verdict:
+    return self.check_many([completion], [gold])[0]
 
 
 _DEFAULT: dict = {}
@@ -185,7 +249,7 @@ def default_checker() -> MathChecker:
 
 
 def configure_checker(timeout_s: float = 2.0, **kwargs) -> MathChecker:
-  """Replaces the process-wide checker (e.g. another timeout); the old child is stopped."""
+  """Replaces the process-wide checker (another timeout, more workers); the old children stop."""
   old = _DEFAULT.pop("checker", None)
   if old is not None:
     old.close()
@@ -310,7 +374,7 @@ class MathTask:
 
 def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: str = DEFAULT_TEMPLATE,
                system: str = "", chat: bool = False, tokenizer_path: str = "", max_prompt_tokens: int = 0,
-               skip_bad_rows: bool = False, timeout_s: float = 2.0) -> MathTask:
+               skip_bad_rows: bool = False, timeout_s: float = 2.0, verifier_workers: int = 1) -> MathTask:
   """The file-backed math RL task (data.task="math_jsonl", these are its task_kwargs).
 
   path / eval_path: JSONL or Parquet in a FORMATS format ("auto": by each row's fields).
@@ -320,7 +384,8 @@ def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: s
   max_prompt_tokens: > 0 checks every prompt's `BOS prompt` token count (tokenizer_path's
     tokenizer, or the byte tokenizer) against it (set it to eval.max_prompt_len).
   skip_bad_rows: count bad rows in `task.skipped` instead of raising on the first.
-  timeout_s: the per-answer check timeout of the process-wide checker."""
+  timeout_s / verifier_workers: the per-answer check timeout and the number of checker
+    processes of the process-wide checker."""
   if "{question}" not in template:
     raise ValueError(f"math_jsonl: template must contain '{{question}}', got {template!r}")
   from rewardlab.data.hf_tokenizer import load_tokenizer
@@ -329,8 +394,9 @@ def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: s
   if chat and fmt.template is None:
     raise ValueError(f"math_jsonl: chat=True but {fmt.source} has no chat_template")
   skipped = {} if skip_bad_rows else None
-  if default_checker().timeout_s != float(timeout_s):
-    configure_checker(timeout_s)
+  checker = default_checker()
+  if (checker.timeout_s, checker.workers) != (float(timeout_s), verifier_workers):
+    configure_checker(timeout_s, workers=verifier_workers)
 
   def prompt_of(r: MathRow) -> str:
     if r.is_prompt:
