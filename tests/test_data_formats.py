@@ -173,9 +173,10 @@ def test_non_utf8_bytes_and_bom(tmp_path):
 
 def test_conversational_rows_need_a_chat_template(tmp_path):
   path = _jsonl(tmp_path / "c.jsonl", [GOOD])
-  with pytest.raises(ValueError, match=r"c.jsonl:1: conversational row \(message lists\) needs a chat template: "
-                                       "load it with tokenizer="):
-    load_preferences(path)
+  for skipped in (None, {}):    # not the row's fault: never counted as a skip
+    with pytest.raises(ValueError, match=r"c.jsonl:1: conversational row \(message lists\) needs a chat template: "
+                                         "load it with tokenizer="):
+      load_preferences(path, skipped)
   folder = make_chat_tokenizer(str(tmp_path / "tok"), chat_template=None)
   with pytest.raises(ValueError, match=rf"c.jsonl:1: conversational data needs a chat template, but {tmp_path}/tok "
                                        "has none"):
@@ -187,6 +188,16 @@ def test_conversational_rows_need_a_chat_template(tmp_path):
   path = _jsonl(tmp_path / "s.jsonl", [{"prompt": [S("x"), U("y")], "chosen": [A("1")], "rejected": [A("2")]}])
   with pytest.raises(ValueError, match="s.jsonl:1: the chat template of .* refused the messages: no system role"):
     load_preferences(path, tokenizer=HFTokenizer(folder))
+  # a template whose prompt is not a prefix of prompt + completion cannot be split: the row is named
+  folder = make_chat_tokenizer(str(tmp_path / "tok3"), chat_template=(
+      "{% for m in messages %}{{ m['content'] }}{% if not loop.last %}|{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}>{% endif %}"))
+  path = _jsonl(tmp_path / "p.jsonl", [GOOD, GOOD])
+  with pytest.raises(ValueError, match="p.jsonl:1: the chat template of .* does not render the prompt"):
+    load_preferences(path, tokenizer=HFTokenizer(folder))
+  skipped = {}
+  assert load_preferences(path, skipped, tokenizer=HFTokenizer(folder)) == []
+  assert skipped == {"chat template refused the row": 2, "first_skipped_at": f"{path}:1"}
 
 
 def test_bad_prompt_and_unpaired_rows(tmp_path):

@@ -17,6 +17,7 @@ Splitting a conversation (what `render_prompt` / `render_completion` return):
                 template's end of turn (a trailing eos_token and whitespace), because the
                 batchers append EOS after every completion.
 A template that does not render the prompt as a prefix of prompt + completion is an error.
+Errors are ChatTemplateError (a ValueError) without a place: callers name the row.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from typing import NamedTuple
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+class ChatTemplateError(ValueError):
+  """The template is missing, refused the messages, or cannot split prompt from completion."""
 
 
 class ChatFormat(NamedTuple):
@@ -75,34 +80,34 @@ def render_template(template: str, messages: list[dict], add_generation_prompt: 
                                    **kwargs)
 
 
-def render(fmt: ChatFormat, messages: list[dict], add_generation_prompt: bool, where: str = "") -> str:
+def render(fmt: ChatFormat, messages: list[dict], add_generation_prompt: bool) -> str:
   if fmt.template is None:
-    raise ValueError(f"{where or 'chat'}: conversational data needs a chat template, but {fmt.source} "
-                     "has none (tokenizer_config.json 'chat_template' or chat_template.jinja)")
+    raise ChatTemplateError(f"conversational data needs a chat template, but {fmt.source} has none "
+                            "(tokenizer_config.json 'chat_template' or chat_template.jinja)")
   from jinja2.exceptions import TemplateError
   try:
     return render_template(fmt.template, messages, add_generation_prompt, bos_token=fmt.bos_token,
                            eos_token=fmt.eos_token, pad_token=fmt.pad_token)
   except TemplateError as e:
-    raise ValueError(f"{where or 'chat'}: the chat template of {fmt.source} refused the messages: {e}") from None
+    raise ChatTemplateError(f"the chat template of {fmt.source} refused the messages: {e}") from None
 
 
-def render_prompt(fmt: ChatFormat, messages: list[dict], where: str = "") -> str:
+def render_prompt(fmt: ChatFormat, messages: list[dict]) -> str:
   """The prompt text ending with the generation prompt (see the module docstring)."""
-  text = render(fmt, messages, True, where)
+  text = render(fmt, messages, True)
   if fmt.strip_bos and fmt.bos_token and text.startswith(fmt.bos_token):
     text = text[len(fmt.bos_token):]
   return text
 
 
-def render_completion(fmt: ChatFormat, prompt: list[dict], completion: list[dict], where: str = "") -> str:
+def render_completion(fmt: ChatFormat, prompt: list[dict], completion: list[dict]) -> str:
   """The text the completion messages add after the prompt (see the module docstring)."""
-  head = render(fmt, prompt, True, where)
-  full = render(fmt, prompt + completion, False, where)
+  head = render(fmt, prompt, True)
+  full = render(fmt, prompt + completion, False)
   if not full.startswith(head):
-    raise ValueError(f"{where}: the chat template of {fmt.source} does not render the prompt (with its "
-                     "generation prompt) as a prefix of prompt + completion, so the completion cannot be "
-                     "split off")
+    raise ChatTemplateError(f"the chat template of {fmt.source} does not render the prompt (with its "
+                            "generation prompt) as a prefix of prompt + completion, so the completion "
+                            "cannot be split off")
   text = full[len(head):].rstrip()
   if fmt.eos_token and text.endswith(fmt.eos_token):
     text = text[:-len(fmt.eos_token)].rstrip()

@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterator, NamedTuple
 
-from rewardlab.data.chat import DEFAULT_FORMAT, ROLES, ChatFormat, chat_format, render_completion, render_prompt
-
-_NO_TOKENIZER = object()
+from rewardlab.data import chat as chat_lib
+from rewardlab.data.chat import DEFAULT_FORMAT, ROLES, ChatFormat, chat_format
 
 
 class RowError(ValueError):
@@ -86,26 +85,40 @@ def read_rows(path: str, what: str = "data") -> Iterator[tuple[object, str]]:
 
 def load_rows(path: str, parse: Callable[[object, str], object], skipped: dict | None = None,
               what: str = "data") -> list:
-  """parse(row, where) over every row of a file. A bad row raises, or with a `skipped`
-  dict is counted there by reason (and the first bad row's place kept)."""
+  """parse(row, where) over every row of a file. A bad row (RowError) raises, or with a
+  `skipped` dict is counted there by reason (and the first bad row's place kept); a problem
+  that is not the row's (no tokenizer, no chat template) always raises."""
   out = []
   for row, where in read_rows(path, what):
     try:
       if isinstance(row, RowError):
         raise row
       out.append(parse(row, where))
-    except ValueError as e:
+    except RowError as e:
       if skipped is None:
         raise
-      reason = getattr(e, "reason", None) or str(e).split(": ", 1)[-1]
-      skipped[reason] = skipped.get(reason, 0) + 1
+      skipped[e.reason] = skipped.get(e.reason, 0) + 1
       skipped.setdefault("first_skipped_at", where)
   return out
 
 
 def resolve_chat(tokenizer) -> ChatFormat | None:
   """The ChatFormat loaders render conversational rows with (None: no tokenizer given)."""
-  return None if tokenizer is _NO_TOKENIZER or tokenizer is None else chat_format(tokenizer)
+  return None if tokenizer is None else chat_format(tokenizer)
+
+
+def render_prompt(fmt: ChatFormat, messages: list[dict], where: str) -> str:
+  try:
+    return chat_lib.render_prompt(fmt, messages)
+  except chat_lib.ChatTemplateError as e:
+    raise RowError(where, str(e), "chat template refused the row") from None
+
+
+def render_completion(fmt: ChatFormat, prompt: list[dict], completion: list[dict], where: str) -> str:
+  try:
+    return chat_lib.render_completion(fmt, prompt, completion)
+  except chat_lib.ChatTemplateError as e:
+    raise RowError(where, str(e), "chat template refused the row") from None
 
 
 def require_object(row, where: str, fields) -> dict:
@@ -179,10 +192,14 @@ def mixed_format_error(row: dict, fields, where: str):
 
 
 def need_chat(chat: ChatFormat | None, where: str) -> ChatFormat:
+  """The format to render a conversational row with; without one, a ValueError (not a
+  skippable RowError: every such row would fail the same way)."""
   if chat is None:
-    raise RowError(where, "conversational row (message lists) needs a chat template: load it with "
-                   "tokenizer= (the run's tokenizer; the byte tokenizer uses the default template)",
-                   "conversational row without a tokenizer")
+    raise ValueError(f"{where}: conversational row (message lists) needs a chat template: load it with "
+                     "tokenizer= (the run's tokenizer; the byte tokenizer uses the default template)")
+  if chat.template is None:
+    raise ValueError(f"{where}: conversational data needs a chat template, but {chat.source} has none "
+                     "(tokenizer_config.json 'chat_template' or chat_template.jinja)")
   return chat
 
 
@@ -250,14 +267,14 @@ def unpaired_from_row(row, where: str, chat: ChatFormat | None = None) -> Unpair
   return UnpairedExample(prompt, completion, label)
 
 
-def load_prompts(path: str, skipped: dict | None = None, tokenizer=_NO_TOKENIZER) -> list[PromptRow]:
+def load_prompts(path: str, skipped: dict | None = None, tokenizer=None) -> list[PromptRow]:
   """Prompt-only rows (RL prompts, optionally with a reference answer). `tokenizer` renders
   conversational prompts (its chat template; the byte tokenizer's default template)."""
   chat = resolve_chat(tokenizer)
   return load_rows(path, lambda row, where: prompt_from_row(row, where, chat), skipped, "prompt")
 
 
-def load_unpaired(path: str, skipped: dict | None = None, tokenizer=_NO_TOKENIZER) -> list[UnpairedExample]:
+def load_unpaired(path: str, skipped: dict | None = None, tokenizer=None) -> list[UnpairedExample]:
   """Unpaired (KTO) rows: prompt, completion, label."""
   chat = resolve_chat(tokenizer)
   return load_rows(path, lambda row, where: unpaired_from_row(row, where, chat), skipped, "unpaired")

@@ -31,8 +31,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from rewardlab.data.chat import render_prompt, chat_format
-from rewardlab.data.formats import (RowError, answer_field, load_rows, prompt_text, require_object,
+from rewardlab.data.chat import chat_format
+from rewardlab.data.formats import (RowError, answer_field, load_rows, prompt_text, render_prompt, require_object,
                                     string_field)
 from rewardlab.data.tasks import Problem, _is_heldout
 
@@ -410,13 +410,15 @@ def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: s
   def problems(file: str) -> list[MathProblem]:
     out = []
     for r in load_math(file, format, skipped, tokenizer):
-      p = MathProblem(prompt_of(r), r.answer)
-      n = len(tokenizer.encode(p.prompt, bos=True)) if max_prompt_tokens > 0 else 0
-      if n > max_prompt_tokens > 0:
-        err = RowError(r.where, f"prompt has {n} tokens, over max_prompt_tokens={max_prompt_tokens} "
-                       "(eval.max_prompt_len)", "prompt too long")
+      try:
+        p = MathProblem(prompt_of(r), r.answer)
+        n = len(tokenizer.encode(p.prompt, bos=True)) if max_prompt_tokens > 0 else 0
+        if n > max_prompt_tokens > 0:
+          raise RowError(r.where, f"prompt has {n} tokens, over max_prompt_tokens={max_prompt_tokens} "
+                         "(eval.max_prompt_len)", "prompt too long")
+      except RowError as err:
         if skipped is None:
-          raise err
+          raise
         skipped[err.reason] = skipped.get(err.reason, 0) + 1
         continue
       out.append(p)

@@ -14,10 +14,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from rewardlab.data.chat import ChatFormat, render_completion, render_prompt
-from rewardlab.data.formats import (_NO_TOKENIZER, RowError, check_completion_messages, check_completion_text,
-                                    check_messages, check_prompt_messages, is_conversational, load_rows,
-                                    mixed_format_error, need_chat, require_object, resolve_chat,
+from rewardlab.data.chat import ChatFormat
+from rewardlab.data.formats import (RowError, check_completion_messages, check_completion_text, check_messages,
+                                    check_prompt_messages, is_conversational, load_rows, mixed_format_error,
+                                    need_chat, render_completion, render_prompt, require_object, resolve_chat,
                                     shared_message_prefix, shared_text_prefix, string_field)
 from rewardlab.data.tasks import Problem, Task, extract_answer
 
@@ -138,7 +138,7 @@ def pair_from_row(row, where: str, chat: ChatFormat | None = None) -> Preference
                         row.get("category"), bool(row.get("tie") or False), **lists)
 
 
-def load_preference_jsonl(path: str, skipped: dict | None = None, tokenizer=_NO_TOKENIZER) -> list[PreferencePair]:
+def load_preference_jsonl(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
   """Reads one JSON object per line. A malformed line raises ValueError naming file:line and
   the problem, or, when a `skipped` dict is given, is counted there by reason. `tokenizer`
   renders conversational rows (required for them; the byte tokenizer has a default template)."""
@@ -147,14 +147,14 @@ def load_preference_jsonl(path: str, skipped: dict | None = None, tokenizer=_NO_
   return load_preferences(path, skipped, tokenizer)
 
 
-def load_preference_parquet(path: str, skipped: dict | None = None, tokenizer=_NO_TOKENIZER) -> list[PreferencePair]:
+def load_preference_parquet(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
   """Reads a Parquet table with the same columns; errors name file:row (1-based)."""
   if not path.endswith(".parquet"):
     raise ValueError(f"{path}: expected a .parquet file")
   return load_preferences(path, skipped, tokenizer)
 
 
-def load_preferences(path: str, skipped: dict | None = None, tokenizer=_NO_TOKENIZER) -> list[PreferencePair]:
+def load_preferences(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
   """JSONL (.jsonl/.json) or Parquet (.parquet) by extension, in TRL's standard or
   conversational preference format (explicit or implicit prompt). Conversational rows are
   rendered with `tokenizer`'s chat template and need it."""
