@@ -191,6 +191,8 @@ def test_math_jsonl_task_splits_samples_and_renders_chat_prompts(tmp_path):
               tokenizer_path=make_chat_tokenizer(str(tmp_path / "plain"), chat_template=None))
   with pytest.raises(ValueError, match="template must contain"):
     make_task("math_jsonl", path=train, template="Q: {problem}")
+  with pytest.raises(ValueError, match=r"is not a format string with only \{question\}.*doubled"):
+    make_task("math_jsonl", path=train, template="{question} in \\boxed{}")
 
 
 @pytest.mark.slow

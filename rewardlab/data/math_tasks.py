@@ -378,7 +378,8 @@ def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: s
   """The file-backed math RL task (data.task="math_jsonl", these are its task_kwargs).
 
   path / eval_path: JSONL or Parquet in a FORMATS format ("auto": by each row's fields).
-  template: the user turn for GSM8K / MATH rows, with a {question} slot.
+  template: the user turn for GSM8K / MATH rows, with a {question} slot (prompt-only rows
+    are used as given; a message-list prompt is rendered with the tokenizer's template).
   chat: render [system?, user] through the chat template of `tokenizer_path`'s tokenizer
     (the default template when tokenizer_path is ""); False: the templated text as is.
   max_prompt_tokens: > 0 checks every prompt's `BOS prompt` token count (tokenizer_path's
@@ -388,6 +389,11 @@ def math_jsonl(path: str, eval_path: str = "", format: str = "auto", template: s
     processes of the process-wide checker."""
   if "{question}" not in template:
     raise ValueError(f"math_jsonl: template must contain '{{question}}', got {template!r}")
+  try:
+    template.format(question="")
+  except (KeyError, IndexError, ValueError) as e:
+    raise ValueError(f"math_jsonl: template {template!r} is not a format string with only {{question}} "
+                     f"({type(e).__name__}: {e}); write literal braces doubled, e.g. \\boxed{{{{}}}}") from None
   from rewardlab.data.hf_tokenizer import load_tokenizer
   tokenizer = load_tokenizer(tokenizer_path or None)
   fmt = chat_format(tokenizer)
