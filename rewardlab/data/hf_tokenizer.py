@@ -11,6 +11,20 @@ import os
 from typing import Iterable, Sequence
 
 
+def _read_json(path: str) -> dict:
+  """A JSON object file's contents; {} when the (optional) file is absent."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(out, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(out).__name__}")
+  return out
+
+
 def _token_text(tok):
   return tok.get("content") if isinstance(tok, dict) else tok
 
@@ -20,14 +34,18 @@ class HFTokenizer:
   def __init__(self, folder: str):
     from tokenizers import Tokenizer
     path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"{folder}: tokenizer folder not found")
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{folder}: no tokenizer.json")
+      raise FileNotFoundError(f"{folder}: no tokenizer.json (only the `tokenizers` fast format is read; "
+                              "save it with transformers' save_pretrained)")
     self.folder = folder
-    self.tok = Tokenizer.from_file(path)
-    cfg_path = os.path.join(folder, "tokenizer_config.json")
-    self.config = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-    special_path = os.path.join(folder, "special_tokens_map.json")
-    special = json.load(open(special_path)) if os.path.exists(special_path) else {}
+    try:
+      self.tok = Tokenizer.from_file(path)
+    except Exception as e:  # the Rust side raises a bare Exception
+      raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from None
+    self.config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+    special = _read_json(os.path.join(folder, "special_tokens_map.json"))
     lookup = lambda name: _token_text(self.config.get(name) or special.get(name))
     self.bos_token, self.eos_token, self.pad_token = lookup("bos_token"), lookup("eos_token"), lookup("pad_token")
     self.bos_id = self._id(self.bos_token)
@@ -38,9 +56,13 @@ class HFTokenizer:
       raise ValueError(f"{folder}: tokenizer has no eos_token in tokenizer_config.json")
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
     self.chat_template = self.config.get("chat_template")
+    if isinstance(self.chat_template, list):   # named templates: [{"name", "template"}, ...]
+      named = {t.get("name"): t.get("template") for t in self.chat_template if isinstance(t, dict)}
+      self.chat_template = named.get("default")
     jinja_path = os.path.join(folder, "chat_template.jinja")
     if self.chat_template is None and os.path.exists(jinja_path):
-      self.chat_template = open(jinja_path).read()
+      with open(jinja_path, encoding="utf-8") as f:
+        self.chat_template = f.read()
 
   def _id(self, token):
     return None if token is None else self.tok.token_to_id(token)
@@ -69,20 +91,8 @@ class HFTokenizer:
     """Renders messages with the folder's jinja template, as transformers does."""
     if not self.chat_template:
       raise ValueError(f"{self.folder}: tokenizer has no chat_template")
-    from jinja2.exceptions import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-      raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[loopcontrols])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, **_: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii)
-    env.globals["raise_exception"] = raise_exception
-    template = env.from_string(self.chat_template)
-    return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+    from rewardlab.data.chat import render_template
+    return render_template(self.chat_template, messages, add_generation_prompt,
                            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
                            pad_token=self.pad_token or "", **kwargs)
 

@@ -1,19 +1,24 @@
-"""Preference data: the prompt/chosen/rejected shape, JSONL / Parquet loading with
-file:line errors, synthetic pairs labelled by a known gold reward (with label noise, ties,
+"""Preference data: the prompt/chosen/rejected shape (TRL's standard and conversational
+preference formats, explicit or implicit prompt; see formats.py), JSONL / Parquet loading
+with file:line errors, synthetic pairs labelled by a known gold reward (with label noise, ties,
 a spurious length correlate, attribute ratings and step labels), and paired batching.
 
-Row fields: prompt, chosen, rejected (required, non-empty strings, chosen != rejected);
-optional margin (float), subset, category (str), tie (bool), chosen_ratings /
+Row fields: chosen, rejected (non-empty, chosen != rejected) and prompt (absent = implicit
+prompt), all strings or all message lists; optional margin (float), subset, category (str), tie (bool), chosen_ratings /
 rejected_ratings (lists of floats, one per attribute), chosen_steps / rejected_steps
 (lists of 0/1 labels, one per reasoning step).
 """
 from __future__ import annotations
 
-import json
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from rewardlab.data.chat import ChatFormat
+from rewardlab.data.formats import (RowError, check_completion_messages, check_completion_text, check_messages,
+                                    check_prompt_messages, is_conversational, load_rows, mixed_format_error,
+                                    need_chat, render_completion, render_prompt, require_object, resolve_chat,
+                                    shared_message_prefix, shared_text_prefix, string_field)
 from rewardlab.data.tasks import Problem, Task, extract_answer
 
 
@@ -58,84 +63,103 @@ _LISTS = ("chosen_ratings", "rejected_ratings", "chosen_steps", "rejected_steps"
           "chosen_token_rewards", "rejected_token_rewards")
 
 
-def pair_from_row(row, where: str) -> PreferencePair:
-  """Validates one row (a dict) into a PreferencePair; errors name `where` and the field."""
-  if not isinstance(row, dict):
-    raise ValueError(f"{where}: expected an object with fields {list(REQUIRED)}, got {type(row).__name__}")
-  for field in REQUIRED:
-    if not isinstance(row.get(field), str):
-      raise ValueError(f"{where}: missing or non-string field {field!r}")
-  if not row["chosen"] or not row["rejected"]:
-    raise ValueError(f"{where}: empty completion")
-  if row["chosen"] == row["rejected"]:
-    raise ValueError(f"{where}: chosen equals rejected")
+def _standard_texts(row: dict, where: str) -> tuple[str, str, str]:
+  """(prompt, chosen, rejected) of a standard row; no "prompt" = implicit prompt."""
+  chosen, rejected = string_field(row, "chosen", where), string_field(row, "rejected", where)
+  if "prompt" in row:
+    prompt = string_field(row, "prompt", where)
+  else:
+    k = shared_text_prefix(chosen, rejected)
+    if k == 0:
+      raise RowError(where, "no 'prompt' field, and chosen / rejected share no text up to a whitespace "
+                     "to take as the implicit prompt", "implicit prompt not found")
+    prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+  for field, text in (("chosen", chosen), ("rejected", rejected)):
+    check_completion_text(text, field, where)
+  return prompt, chosen, rejected
+
+
+def _conversational_texts(row: dict, where: str, chat: ChatFormat | None) -> tuple[str, str, str]:
+  """(prompt, chosen, rejected) of a conversational row, rendered with the chat template;
+  no "prompt" = implicit prompt (the messages chosen and rejected share)."""
+  mixed_format_error(row, REQUIRED, where)
+  chosen = check_messages(row.get("chosen"), "chosen", where)
+  rejected = check_messages(row.get("rejected"), "rejected", where)
+  if "prompt" in row:
+    prompt = check_messages(row["prompt"], "prompt", where)
+  else:
+    k = shared_message_prefix(chosen, rejected)
+    if k == 0 or k == len(chosen) or k == len(rejected):
+      raise RowError(where, f"no 'prompt' field, and chosen / rejected share {k} leading messages: the "
+                     "implicit prompt needs at least one shared message and a different reply after it",
+                     "implicit prompt not found")
+    prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+  check_prompt_messages(prompt, "prompt", where)
+  check_completion_messages(chosen, "chosen", where)
+  check_completion_messages(rejected, "rejected", where)
+  fmt = need_chat(chat, where)
+  texts = render_prompt(fmt, prompt, where), *(render_completion(fmt, prompt, c, where) for c in (chosen, rejected))
+  for field, text in zip(("chosen", "rejected"), texts[1:]):
+    check_completion_text(text, field, where)
+  return texts
+
+
+def pair_from_row(row, where: str, chat: ChatFormat | None = None) -> PreferencePair:
+  """Validates one row (a dict) into a PreferencePair; errors name `where` and the field.
+
+  Standard (strings) or conversational (message lists, rendered with `chat`, see
+  rewardlab.data.chat), with an explicit or implicit prompt (formats.py)."""
+  row = require_object(row, where, REQUIRED)
+  if is_conversational(row, REQUIRED):
+    prompt, chosen, rejected = _conversational_texts(row, where, chat)
+  else:
+    prompt, chosen, rejected = _standard_texts(row, where)
+  if chosen == rejected:
+    raise RowError(where, "chosen equals rejected")
   margin = row.get("margin")
   if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-    raise ValueError(f"{where}: field 'margin' must be a number, got {margin!r}")
+    raise RowError(where, f"field 'margin' must be a number, got {margin!r}", "non-numeric field 'margin'")
   for field in ("subset", "category"):
     if row.get(field) is not None and not isinstance(row[field], str):
-      raise ValueError(f"{where}: field {field!r} must be a string, got {row[field]!r}")
+      raise RowError(where, f"field {field!r} must be a string, got {row[field]!r}", f"non-string field {field!r}")
+  if row.get("tie") is not None and not isinstance(row["tie"], bool):
+    raise RowError(where, f"field 'tie' must be true or false, got {row['tie']!r}", "non-boolean field 'tie'")
   lists = {}
   for field in _LISTS:
     v = row.get(field)
     if v is not None:
       v = list(v) if not isinstance(v, (str, bytes)) and hasattr(v, "__iter__") else v
       if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        raise ValueError(f"{where}: field {field!r} must be a list of numbers, got {row[field]!r}")
+        raise RowError(where, f"field {field!r} must be a list of numbers, got {row[field]!r}",
+                       f"bad field {field!r}")
       v = tuple(float(x) for x in v)
     lists[field] = v
-  return PreferencePair(row["prompt"], row["chosen"], row["rejected"],
-                        None if margin is None else float(margin), row.get("subset"),
+  return PreferencePair(prompt, chosen, rejected, None if margin is None else float(margin), row.get("subset"),
                         row.get("category"), bool(row.get("tie") or False), **lists)
 
 
-def _take(pairs: list, row, where: str, skipped: dict | None):
-  """Appends the validated row; with a `skipped` counter, a bad row is counted under its
-  reason (and the first `where` kept) instead of raising."""
-  try:
-    pairs.append(pair_from_row(row, where))
-  except ValueError as e:
-    if skipped is None:
-      raise
-    reason = str(e).split(": ", 1)[1]
-    skipped[reason] = skipped.get(reason, 0) + 1
-    skipped.setdefault("first_skipped_at", where)
-
-
-def load_preference_jsonl(path: str, skipped: dict | None = None) -> list[PreferencePair]:
+def load_preference_jsonl(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
   """Reads one JSON object per line. A malformed line raises ValueError naming file:line and
-  the problem, or, when a `skipped` dict is given, is counted there by reason."""
-  pairs = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        row = None
-        if skipped is None:
-          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      _take(pairs, row, f"{path}:{lineno}", skipped)
-  return pairs
+  the problem, or, when a `skipped` dict is given, is counted there by reason. `tokenizer`
+  renders conversational rows (required for them; the byte tokenizer has a default template)."""
+  if not path.endswith((".jsonl", ".json")):
+    raise ValueError(f"{path}: expected a .jsonl / .json file")
+  return load_preferences(path, skipped, tokenizer)
 
 
-def load_preference_parquet(path: str, skipped: dict | None = None) -> list[PreferencePair]:
+def load_preference_parquet(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
   """Reads a Parquet table with the same columns; errors name file:row (1-based)."""
-  import pyarrow.parquet as pq
-  pairs = []
-  for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
-    _take(pairs, {k: v for k, v in row.items() if v is not None}, f"{path}:row {i}", skipped)
-  return pairs
+  if not path.endswith(".parquet"):
+    raise ValueError(f"{path}: expected a .parquet file")
+  return load_preferences(path, skipped, tokenizer)
 
 
-def load_preferences(path: str, skipped: dict | None = None) -> list[PreferencePair]:
-  """JSONL (.jsonl/.json) or Parquet (.parquet) by extension."""
-  if path.endswith(".parquet"):
-    return load_preference_parquet(path, skipped)
-  if path.endswith((".jsonl", ".json")):
-    return load_preference_jsonl(path, skipped)
-  raise ValueError(f"{path}: unknown preference file type; expected .jsonl or .parquet")
+def load_preferences(path: str, skipped: dict | None = None, tokenizer=None) -> list[PreferencePair]:
+  """JSONL (.jsonl/.json) or Parquet (.parquet) by extension, in TRL's standard or
+  conversational preference format (explicit or implicit prompt). Conversational rows are
+  rendered with `tokenizer`'s chat template and need it."""
+  chat = resolve_chat(tokenizer)
+  return load_rows(path, lambda row, where: pair_from_row(row, where, chat), skipped, "preference")
 
 
 def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None) -> list[PreferencePair]:
@@ -254,6 +278,42 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
       tok_r[i, start:start + len(r)] = r
   ref_tok = (np.zeros((n, 1), np.float32) if ref_token_logps is None else ref_token_logps.astype(np.float32))
   return PairBatch(b.tokens, b.valid, b.loss_mask, ref.astype(np.float32), win, smooth, tok_r, ref_tok)
+
+
+class UnpairedBatch(NamedTuple):
+  """KTO's unpaired rows (formats.UnpairedExample), right-padded.
+
+  tokens/valid/loss_mask:          [B, T] `BOS prompt completion EOS`, loss on completion + EOS
+  desirable:                       [B] bool, the row's label
+  kl_tokens/kl_valid/kl_loss_mask: [B, T] prompt i with completion i-1 (a mismatched pair, as
+                                   TRL builds them): KTO's estimate of KL(pi || ref) for z
+  ref_logps / kl_ref_logps:        [B] the reference's summed completion log-probs of each
+                                   (zeros until computed)"""
+  tokens: np.ndarray
+  valid: np.ndarray
+  loss_mask: np.ndarray
+  desirable: np.ndarray
+  kl_tokens: np.ndarray
+  kl_valid: np.ndarray
+  kl_loss_mask: np.ndarray
+  ref_logps: np.ndarray
+  kl_ref_logps: np.ndarray
+
+
+def unpaired_batch(examples: Sequence, tokenizer, seq_len: int, ref_logps: np.ndarray | None = None,
+                   kl_ref_logps: np.ndarray | None = None) -> UnpairedBatch:
+  """Encodes UnpairedExamples and their mismatched KL pairs (see UnpairedBatch)."""
+  from rewardlab.data.batching import sft_batch
+  if len(examples) < 2:
+    raise ValueError("unpaired_batch: KTO's mismatched KL pairs need at least 2 examples per batch")
+  b = sft_batch([Problem(e.prompt, e.completion) for e in examples], tokenizer, seq_len)
+  kl = sft_batch([Problem(e.prompt, examples[i - 1].completion) for i, e in enumerate(examples)],
+                 tokenizer, seq_len)
+  zeros = np.zeros((len(examples),), np.float32)
+  return UnpairedBatch(b.tokens, b.valid, b.loss_mask, np.array([e.label for e in examples], bool),
+                       kl.tokens, kl.valid, kl.loss_mask,
+                       zeros if ref_logps is None else np.asarray(ref_logps, np.float32),
+                       zeros if kl_ref_logps is None else np.asarray(kl_ref_logps, np.float32))
 
 
 # --- synthetic reward-model data -----------------------------------------------------------

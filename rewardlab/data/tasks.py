@@ -1,4 +1,5 @@
-"""Synthetic tasks with exact verifiers: the embedded default data.
+"""Synthetic tasks with exact verifiers: the embedded default data (and, by name, the
+file-backed math task of math_tasks.py).
 
 A task samples `Problem(prompt, answer)` from a numpy Generator and verifies a completion
 by exact match of the extracted answer. Each task has a fixed held-out split: a problem
@@ -16,6 +17,11 @@ import numpy as np
 class Problem(NamedTuple):
   prompt: str
   answer: str
+
+  def check(self, completion: str) -> bool:
+    """Whether `completion` answers the problem: exact match of its first line for the
+    synthetic tasks (file-backed math problems check equivalence, math_tasks.MathProblem)."""
+    return extract_answer(completion) == self.answer
 
 
 def _is_heldout(prompt: str) -> bool:
@@ -79,10 +85,17 @@ def sorting(min_len: int = 3, max_len: int = 6) -> Task:
   return Task("sorting", make)
 
 
+def math_jsonl(**kwargs):
+  """GSM8K / MATH-style problems from files, checked by math-verify (math_tasks.math_jsonl)."""
+  from rewardlab.data.math_tasks import math_jsonl as make
+  return make(**kwargs)
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "addition": addition,
     "multiplication": multiplication,
     "sorting": sorting,
+    "math_jsonl": math_jsonl,
 }
 
 

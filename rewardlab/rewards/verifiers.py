@@ -1,4 +1,5 @@
-"""Rule-based rewards over (completion text, problem): verifiers, format, length.
+"""Rule-based rewards over (completion text, problem): verifiers, format, length, and the
+math-verify answer rewards of math_answer.py.
 
 Each reward function maps lists to a float32 numpy vector:
     fn(completions: list[str], problems: list[Problem], lengths: np.ndarray) -> [B]
@@ -11,16 +12,17 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from rewardlab.data.tasks import Problem, extract_answer
+from rewardlab.data.tasks import Problem
+from rewardlab.rewards.math_answer import MATH_REWARDS
 
 RewardFn = Callable[[Sequence[str], Sequence[Problem], np.ndarray], np.ndarray]
 _ANSWER_FORMAT = re.compile(r"^[0-9]+$")
 
 
 def exact_answer(completions, problems, lengths=None) -> np.ndarray:
-  """1 if the extracted answer equals the reference answer, else 0."""
-  return np.array([float(extract_answer(c) == p.answer) for c, p in zip(completions, problems)],
-                  np.float32)
+  """1 if the problem's own check accepts the completion, else 0: the extracted first line
+  equals the reference answer (synthetic tasks), or math-verify equivalence (MathProblem)."""
+  return np.array([float(p.check(c)) for c, p in zip(completions, problems)], np.float32)
 
 
 def answer_format(completions, problems, lengths=None) -> np.ndarray:
@@ -38,6 +40,7 @@ REWARDS: dict[str, RewardFn] = {
     "exact_answer": exact_answer,
     "format": answer_format,
     "length_penalty": length_penalty,
+    **MATH_REWARDS,      # math_answer, math_unparsable, math_timeout (math_answer.py)
 }
 
 
