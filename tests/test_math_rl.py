@@ -201,7 +201,8 @@ def test_grpo_gsm8k_end_to_end_from_a_tiny_hf_folder(tmp_path):
   chat template, a 20-row GSM8K-style file; 3 GRPO iterations with held-out evals."""
   pytest.importorskip("transformers")
   from rewardlab.objectives import OBJECTIVES
-  from rewardlab.train import PIPELINES, validate
+  from rewardlab.pipelines import PIPELINES
+  from rewardlab.train import validate
   folder = make_tiny_qwen2(str(tmp_path / "model"))
   config = load_config("grpo_gsm8k", "tiny")
   config.model.hf_path = folder

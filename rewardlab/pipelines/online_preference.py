@@ -119,44 +119,54 @@ class RoundSettings:
                config.objective.name in REFERENCE_FREE)
 
 
-def make_round_source(rs: RoundSettings, policy: Policy, task: Task, mesh, rank, sample, initial, rounds: list):
+class RoundSource:
   """The loop's source: at each round's first step, sample on-policy pairs from the current
-  policy (and cache their reference log-probs); every step, a batch of the round's pairs.
+  policy and cache their reference log-probs; every step, a batch of the round's pairs.
   `rounds` collects each round's statistics. With CREAM the previous round's starting model
   is kept in `state.frozen["previous"]`, so a resumed run judges with the same one."""
-  tok, n, spr = policy.tokenizer, rs.samples_per_prompt, rs.steps_per_round
-  fits = lambda p, c: len(tok.encode(p, bos=True)) + len(tok.encode(c, eos=True)) <= rs.seq_len  # noqa: E731
-  current = {}   # round index -> batch_at of its pairs
 
-  def new_round(r: int, state: TrainState):
-    params = policy.full_params(state.params, state.frozen["base"])
-    # own buffers: the update step donates the state that `params` may alias
-    round_start = jax.tree.map(jnp.copy, params) if rs.cream else None
-    ref = initial if rs.reference == "initial" else jax.tree.map(jnp.copy, params)
-    problems = task.sample_many(np.random.default_rng([rs.seed, 31, r]), rs.prompts_per_round)
+  def __init__(self, rs: RoundSettings, policy: Policy, task: Task, mesh, rank, sample, initial):
+    self.rs, self.policy, self.task, self.mesh = rs, policy, task, mesh
+    self.rank, self.sample, self.initial = rank, sample, initial
+    self.rounds, self.current = [], {}   # round stats; round index -> batch_at of its pairs
+
+  def __call__(self, i: int, state: TrainState):
+    spr = self.rs.steps_per_round
+    r, records = i // spr, {}
+    if r not in self.current:
+      if i % spr:
+        raise RuntimeError(f"online round {r} entered at step {i}, not at its start ({r * spr}): "
+                           "checkpoints must land on round boundaries")
+      state, batch_at, stats = self.new_round(r, state)
+      self.current = {r: batch_at}
+      self.rounds.append(dict(stats, round=r))
+      records = {"round": stats}
+    batch = self.current[r](i % spr)
+    return state, StepInputs([batch], tokens=int(np.sum(batch.valid)), records=records)
+
+  def new_round(self, r: int, state: TrainState):
+    """-> (state, batch_at of the round's pairs, round statistics)."""
+    rs, tok, n = self.rs, self.policy.tokenizer, self.rs.samples_per_prompt
+    params = self.policy.full_params(state.params, state.frozen["base"])
+    problems = self.task.sample_many(np.random.default_rng([rs.seed, 31, r]), rs.prompts_per_round)
     pb = prompt_batch([p.prompt for p in problems], tok, rs.max_prompt_len)
     key = jax.random.fold_in(jax.random.PRNGKey(rs.seed + 17), r)
-    out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), key))
-    texts = tok.decode_batch(out.tokens)
+    texts = self.completions(params, pb, key)
     expanded = [p for p in problems for _ in range(n)]
     prompts = [p.prompt for p in expanded]
-    scores = np.asarray(rank(params, prompts, texts, expanded))
+    scores = np.asarray(self.rank(params, prompts, texts, expanded))
     older, consistency, extra = None, None, {}
     if rs.temporal:   # rejected from the initial (older) model's samples, judged now
-      old = jax.device_get(sample(initial, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.fold_in(key, 1)))
-      old_texts = tok.decode_batch(old.tokens)
-      older = (old_texts, np.asarray(rank(params, prompts, old_texts, expanded)))
+      old_texts = self.completions(self.initial, pb, jax.random.fold_in(key, 1))
+      older = (old_texts, np.asarray(self.rank(params, prompts, old_texts, expanded)))
     if rs.cream:      # agreement of this round's and the previous round's judge
-      if r == 0:
-        consistency = np.ones(len(problems))
-      else:
-        prev_scores = np.asarray(rank(state.frozen["previous"], prompts, texts, expanded))
-        consistency = np.array([(kendall_tau(scores[g * n:(g + 1) * n], prev_scores[g * n:(g + 1) * n]) + 1) / 2
-                                for g in range(len(problems))])
+      consistency = self.judge_consistency(state, r, prompts, texts, expanded, scores)
       extra["judge_consistency"] = float(consistency.mean())
-      state = state.replace(frozen=dict(state.frozen, previous=round_start))
+      # own buffers: the update step donates the state that `params` may alias
+      state = state.replace(frozen=dict(state.frozen, previous=jax.tree.map(jnp.copy, params)))
+    fits = lambda p, c: len(tok.encode(p, bos=True)) + len(tok.encode(c, eos=True)) <= rs.seq_len  # noqa: E731
     pairs, skipped = best_vs_worst(prompts, texts, scores, n, rs.min_margin, fits, older, consistency)
-    correct = [task.verify(t, p.answer) for t, p in zip(texts, expanded)]
+    correct = [self.task.verify(t, p.answer) for t, p in zip(texts, expanded)]
     stats = {"pairs_kept": len(pairs), **{f"skipped_{k}": v for k, v in skipped.items()},
              "ranker_score_mean": float(scores.mean()), "accuracy": float(np.mean(correct)),
              "pair_margin_mean": float(np.mean([p.margin for p in pairs])) if pairs else 0.0,
@@ -167,27 +177,25 @@ def make_round_source(rs: RoundSettings, policy: Policy, task: Task, mesh, rank,
       raise ValueError(f"online round {r}: only {len(pairs)} pairs kept (skipped {skipped}), fewer than "
                        f"data.batch_size={rs.batch_size}; raise online.prompts_per_round or lower "
                        "online.min_margin")
-    if rs.reference_free:
-      ref_cache = np.zeros((len(pairs), 2), np.float32)
-    else:
-      ref_cache = reference_logps(policy.graphdef, ref, pairs, tok, rs.seq_len, rs.batch_size, mesh,
-                                  rs.logprob_chunk)
-    rounds.append(dict(stats, round=r))
+    ref = self.initial if rs.reference == "initial" else params
+    ref_cache = (np.zeros((len(pairs), 2), np.float32) if rs.reference_free else
+                 reference_logps(self.policy.graphdef, ref, pairs, tok, rs.seq_len, rs.batch_size, self.mesh,
+                                 rs.logprob_chunk))
     return state, pair_batches(pairs, ref_cache, tok, rs.seq_len, rs.batch_size, [rs.seed, r]), stats
 
-  def source(i: int, state: TrainState):
-    r, records = i // spr, {}
-    if r not in current:
-      if i % spr:
-        raise RuntimeError(f"online round {r} entered at step {i}, not at its start ({r * spr}): "
-                           "checkpoints must land on round boundaries")
-      state, batch_at, stats = new_round(r, state)
-      current.clear()
-      current[r] = batch_at
-      records = {"round": stats}
-    batch = current[r](i % spr)
-    return state, StepInputs([batch], tokens=int(np.sum(batch.valid)), records=records)
-  return source
+  def completions(self, params, pb, key) -> list[str]:
+    out = jax.device_get(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
+    return self.policy.tokenizer.decode_batch(out.tokens)
+
+  def judge_consistency(self, state, r: int, prompts, texts, expanded, scores) -> np.ndarray:
+    """CREAM's C per group in [0, 1]: (Kendall tau between this round's and the previous
+    round's judge scores + 1) / 2; 1 in round 0."""
+    n = self.rs.samples_per_prompt
+    if r == 0:
+      return np.ones(len(scores) // n)
+    prev = np.asarray(self.rank(state.frozen["previous"], prompts, texts, expanded))
+    return np.array([(kendall_tau(scores[g * n:(g + 1) * n], prev[g * n:(g + 1) * n]) + 1) / 2
+                     for g in range(len(scores) // n)])
 
 
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
@@ -217,13 +225,12 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
       oc.max_new_tokens, n=rs.samples_per_prompt, temperature=oc.temperature,
       stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
   rank = make_ranker(oc, config.get("judge"), policy, mesh, config.eval.batch_size)
-  rounds = []
-  source = make_round_source(rs, policy, task, mesh, rank, sample, initial, rounds)
+  source = RoundSource(rs, policy, task, mesh, rank, sample, initial)
   pipeline = Pipeline(policy.graphdef, state, loss_fn, optimizer, schedule, source,
                       make_gold_evaluator(config.eval, task, policy, initial, mesh), merge=merge,
                       plot_panels=GOLD_PANELS[:1] + (("train", "reward_accuracy"),) + GOLD_PANELS[2:])
   # checkpoints on round boundaries only: a round's pairs are remade from its starting state
   settings = LoopSettings.from_config(tc, checkpoint_every=rs.steps_per_round)
   summary = fit(pipeline, mesh, settings, workdir, stop_at_step)
-  summary["rounds"] = rounds
+  summary["rounds"] = source.rounds
   return summary
