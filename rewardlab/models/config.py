@@ -1,7 +1,8 @@
 """Policy-model configuration: one dataclass covers Llama, Qwen2, Qwen3 and Gemma.
 
-The families differ only in switches (qkv bias, q/k norm, tied embeddings, Gemma's
-embedding scale and `(1 + w)` norm, GeGLU vs SwiGLU), so one module implements all.
+The families differ only in switches (qkv / output-projection bias, q/k norm, tied
+embeddings, Gemma's embedding scale and `(1 + w)` norm, GeGLU vs SwiGLU), so one module
+implements all.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class ModelConfig:
   rope_high_freq_factor: float = 4.0    # llama3 only
   rope_original_max_len: int = 8192     # llama3 only
   norm_eps: float = 1e-6
-  qkv_bias: bool = False          # Qwen2
+  qkv_bias: bool = False          # Qwen2; `attention_bias` of Llama / Qwen3 / Gemma
+  o_bias: bool = False            # output-projection bias: `attention_bias` of Llama / Qwen3 / Gemma
   qk_norm: bool = False           # Qwen3
   tie_embeddings: bool = True
   embed_scale: bool = False       # Gemma multiplies embeddings by sqrt(d_model)
@@ -85,6 +87,8 @@ class ModelConfig:
     attn = d * h * hd * 2 + d * kv * hd * 2
     if self.qkv_bias:
       attn += (h + 2 * kv) * hd
+    if self.o_bias:
+      attn += d
     if self.qk_norm:
       attn += 2 * hd
     layer = attn + 3 * d * self.mlp_dim + 2 * d

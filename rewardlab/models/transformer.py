@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rewardlab.models.config import ModelConfig
@@ -106,22 +107,33 @@ class RMSNorm(nnx.Module):
     return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
-  """[Dh/2] inverse frequencies, with HF's "linear" and "llama3" scaling."""
-  half = cfg.head_dim // 2
-  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+def default_inv_freq(theta: float, head_dim: int) -> np.ndarray:
+  """[Dh/2] float32 theta ** -(2i / Dh), rounded as transformers computes it in torch: the
+  exponent in f32, the power rounded once to f32 (as a correctly rounded f32 pow; XLA's f32
+  pow was up to 18 ulp off, which moves RoPE angles at long positions), then an f32
+  reciprocal. A host constant: it depends on the config only."""
+  exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+  return np.float32(1.0) / (np.float64(theta) ** exponent.astype(np.float64)).astype(np.float32)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """[Dh/2] float32 inverse frequencies, with HF's "linear" and "llama3" scaling computed in
+  transformers' f32 order of operations (a scalar over a tensor is torch's reciprocal times
+  the scalar), so angles match theirs bit for bit where the powers do."""
+  f32 = np.float32
+  inv_freq = default_inv_freq(cfg.rope_theta, cfg.head_dim)
+  factor = f32(cfg.rope_factor)
   if cfg.rope_scaling == "linear":
-    return inv_freq / cfg.rope_factor
+    return inv_freq / factor
   if cfg.rope_scaling == "llama3":
-    low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
-    high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
-    wavelen = 2 * jnp.pi / inv_freq
-    scaled = jnp.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
-    smooth = ((cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor)
-              / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
-    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return jnp.where(medium, smoothed, scaled)
+    old, low, high = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    low_wavelen, high_wavelen = f32(old / low), f32(old / high)
+    wavelen = (f32(1.0) / inv_freq) * f32(2 * np.pi)
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = ((f32(1.0) / wavelen) * f32(old) - f32(low)) / f32(high - low)
+    smoothed = (f32(1.0) - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(f32)
   return inv_freq
 
 
@@ -144,8 +156,7 @@ def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
 def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
   """`apply_rope` at positions [B, T]; inv_freq: [Dh/2] or a float theta (unscaled)."""
   if isinstance(inv_freq, (int, float)):
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+    inv_freq = default_inv_freq(inv_freq, x.shape[-1])
   return apply_rope(x, rope_tables(positions, inv_freq))
 
 
@@ -180,11 +191,13 @@ class Attention(nnx.Module):
     self.k = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
     self.v = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
     self.o = _param(rngs, _fan_in_normal(h * hd), (h, hd, d), ("heads", "head_dim", "embed"), pd)
+    zeros = jax.nn.initializers.zeros
     if cfg.qkv_bias:
-      zeros = jax.nn.initializers.zeros
       self.q_bias = _param(rngs, zeros, (h, hd), ("heads", "head_dim"), pd)
       self.k_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
       self.v_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
+    if cfg.o_bias:
+      self.o_bias = _param(rngs, zeros, (d,), ("embed",), pd)
     if cfg.qk_norm:
       self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
@@ -228,7 +241,10 @@ class Attention(nnx.Module):
       probs = jax.nn.softmax(scores, axis=-1).astype(dt)
       out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+    if cfg.o_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out, new_cache
 
 
 class MLP(nnx.Module):
