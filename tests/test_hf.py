@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,6 +37,20 @@ ARCHS = {  # name -> (config class, model class, config extras); llama/qwen2/qwe
     "qwen3_untied_bias": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(attention_bias=True)),
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {}),
     "gemma_bias": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(attention_bias=True)),
+    # windows of 4 < 11 tokens; weights large enough (init 0.3) for both caps to bend the
+    # scores and logits; query scale != head_dim
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               dict(sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=1.5,
+                    query_pre_attn_scalar=12, initializer_range=0.3)),
+    "gemma2_untied_bias": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+                           dict(sliding_window=4, tie_word_embeddings=False, attention_bias=True,
+                                final_logit_softcapping=None)),
+    # local RoPE base 10k unscaled, global 1e6 with linear scaling (as Gemma 3 4B+)
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+               dict(num_hidden_layers=3, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                    sliding_window=4, query_pre_attn_scalar=12, rope_parameters=dict(
+                        full_attention=dict(rope_type="linear", factor=8.0, rope_theta=1e6),
+                        sliding_attention=dict(rope_type="default", rope_theta=1e4)))),
 }
 MESH = None
 
@@ -52,6 +65,7 @@ def _make_hf(name, tmp_path, **extra):
   cfg_cls, model_cls, base = ARCHS[name]
   torch.manual_seed(0)
   model = model_cls(cfg_cls(**dict(SMALL, **base, **extra))).eval()
+  model.config._attn_implementation = "eager"   # the reference softmax(QK^T) path, soft-caps included
   with torch.no_grad():  # random (non-default) norms and biases so every tensor matters
     for n, p in model.named_parameters():
       if "norm" in n or n.endswith("bias"):
@@ -406,3 +420,43 @@ def test_reward_model_scorer_scores_a_hf_classifier_folder_like_transformers(tmp
   with torch.no_grad():
     ref = hf(torch.tensor(tokens), attention_mask=torch.tensor(valid)).logits.numpy()[:, 0]
   np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_sliding_window_on_a_long_left_padded_batch_matches_transformers(name, tmp_path):
+  """24 tokens through windows of 4; row 1 left-padded by 7: its window counts tokens, and
+  transformers (positions passed as generate() does) agrees on every real token."""
+  hf_model, folder = _make_hf(name, tmp_path)
+  _, cfg, graphdef, params = load_hf_model(folder, _mesh())
+  assert cfg.sliding_window == 4 and any(cfg.layer_is_local) and not all(cfg.layer_is_local)
+  ids = _ids(24)
+  valid = np.ones(ids.shape, bool)
+  valid[1, :7] = False
+  positions = np.maximum(np.cumsum(valid, 1) - 1, 0)
+  with torch.no_grad():
+    ref = hf_model(torch.tensor(ids), attention_mask=torch.tensor(valid.astype(np.int64)),
+                   position_ids=torch.tensor(positions)).logits.float().numpy()
+  model = nnx.merge(graphdef, params)
+  ours = np.asarray(model(jnp.asarray(ids), valid=jnp.asarray(valid)).logits)
+  np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=1e-4)
+  alone = np.asarray(model(jnp.asarray(ids[1:, 7:])).logits)   # the same tokens, unpadded
+  np.testing.assert_allclose(alone[0], ours[1, 7:], atol=1e-5)
+
+
+def test_gemma_family_refusals(tmp_path):
+  _, folder = _make_hf("gemma3", tmp_path)
+  _edit_config(folder, layer_types=["sliding_attention", "full_attention", "full_attention"])
+  with pytest.raises(ValueError, match="not every k-th layer global"):
+    load_hf_model(folder, _mesh())
+  _edit_config(folder, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+               attn_logit_softcapping=30.0)
+  with pytest.raises(ValueError, match="transformers does not apply it to Gemma 3"):
+    load_hf_model(folder, _mesh())
+  _edit_config(folder, attn_logit_softcapping=None, model_type="gemma3")
+  with pytest.raises(ValueError, match="multimodal Gemma3ForConditionalGeneration.*gemma3_text"):
+    load_hf_model(folder, _mesh())
+  # a Gemma 2 checkpoint read as Gemma 1 has norms Gemma 1 does not use: refused by name
+  _, g2 = _make_hf("gemma2", tmp_path)
+  _edit_config(g2, model_type="gemma", layer_types=None)
+  with pytest.raises(ValueError, match=r"would not use.*pre_feedforward_layernorm"):
+    load_hf_model(g2, _mesh())

@@ -15,7 +15,8 @@ PUBLISHED = {
     "qwen3-0.6b": (596_049_920, 0.44e9), "qwen3-1.7b": (1_720_574_976, 1.4e9),
     "qwen3-8b": (8_190_735_360, 6.95e9), "qwen2.5-1.5b": (1_543_714_304, 1.31e9),
     "qwen2.5-7b": (7_615_616_512, 6.53e9), "llama-3.2-1b": (1_235_814_400, None),
-    "llama-3.1-8b": (8_030_261_248, None),
+    "llama-3.1-8b": (8_030_261_248, None), "gemma-2-2b": (2_614_341_888, None),
+    "gemma-3-1b": (999_885_952, None),
 }
 
 
@@ -48,7 +49,7 @@ def test_preset_exports_to_a_config_transformers_builds_with_the_same_count(name
 def test_overrides_and_unknown_names():
   cfg = model_config_from_preset("Qwen3-0.6B", n_layers=2, max_seq_len=2048, dtype="bfloat16")
   assert (cfg.n_layers, cfg.max_seq_len, cfg.dtype, cfg.d_model, cfg.qk_norm) == (2, 2048, "bfloat16", 1024, True)
-  with pytest.raises(ValueError, match=r"model.preset='qwen4-1b' is not a known preset; allowed: \['llama-3.1-8b'"):
+  with pytest.raises(ValueError, match=r"model.preset='qwen4-1b' is not a known preset; allowed: \['gemma-2-2b'"):
     model_config_from_preset("qwen4-1b")
   with pytest.raises(ValueError, match=r"unknown field\(s\) \['d_modle'\]"):
     model_config_from_preset("qwen3-8b", d_modle=3)

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints: local `config.json` + `*.safetensors` folders in and out.
 
-Supported architectures: Llama, Qwen2, Qwen3, Gemma (causal LM, and the same trunks as
-`*ForSequenceClassification`, whose `score` matrix becomes a `ScalarHead`).
+Supported architectures: Llama, Qwen2, Qwen3, Gemma, Gemma 2 and Gemma 3 text models
+(causal LM, and the same trunks as `*ForSequenceClassification`, whose `score` matrix
+becomes a `ScalarHead`).
 
 Tensors are read with the `safetensors` library (lazy `safe_open`, one file or a sharded
 `model.safetensors.index.json`): each device's block of a parameter is read on its own
@@ -33,7 +34,7 @@ from safetensors.numpy import save_file
 from rewardlab.models.config import FAMILIES, ModelConfig
 from rewardlab.models.heads import ScalarHead
 from rewardlab.models.paths import get_path, set_path
-from rewardlab.models.transformer import Transformer, rope_inv_freq
+from rewardlab.models.transformer import Transformer, rope_inv_freqs
 from rewardlab.sharding import LOGICAL_RULES, named, param_specs
 
 # HF model_type -> (our family, HF causal-LM class, transformers' default tie_word_embeddings)
@@ -42,7 +43,10 @@ _ARCHS = {
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
     "qwen3": ("qwen3", "Qwen3ForCausalLM", False),
     "gemma": ("gemma", "GemmaForCausalLM", True),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM", True),
+    "gemma3_text": ("gemma3", "Gemma3ForCausalLM", True),
 }
+_SLIDING_ARCHS = ("gemma2", "gemma3_text")
 SUPPORTED = tuple(_ARCHS)
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh",
                 "gelu": "gelu_tanh"}  # Gemma 1 configs say "gelu"; transformers runs the tanh form
@@ -140,6 +144,8 @@ class SafetensorsFolder:
 # ----------------------------------------------------------------------------- config
 def _rope_fields(hf: dict) -> dict:
   rp = hf.get("rope_parameters") or {}
+  if "full_attention" in rp:  # per layer type (Gemma 3): the global layers' RoPE here
+    rp = rp["full_attention"] or {}
   scaling = hf.get("rope_scaling") or rp
   theta = rp.get("rope_theta", hf.get("rope_theta", 10_000.0))
   kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default")) or "default"
@@ -164,6 +170,9 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
   loaders then require the checkpoint to hold exactly the tensors that config implies.
   `overrides` replace ModelConfig fields (dtype, remat, ...)."""
   model_type = hf.get("model_type")
+  if model_type == "gemma3":
+    raise ValueError("config.json: model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration; "
+                     "only text models (model_type 'gemma3_text', Gemma3ForCausalLM) are supported")
   if model_type not in _ARCHS:
     raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: {SUPPORTED}")
   family, _, tie_default = _ARCHS[model_type]
@@ -173,8 +182,10 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
   if hf.get("use_sliding_window"):
     problems.append(f"use_sliding_window=true is not supported for {model_type}")
   local = sorted({t for t in hf.get("layer_types") or () if t != "full_attention"})
-  if local and not hf.get("use_sliding_window"):
+  if local and model_type not in _SLIDING_ARCHS and not hf.get("use_sliding_window"):
     problems.append(f"layer_types {local} are not supported for {model_type}")
+  if hf.get("use_bidirectional_attention"):
+    problems.append("use_bidirectional_attention=true (non-causal attention) is not supported")
   act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
   if act not in _ACTIVATIONS:
     problems.append(f"hidden_act={act!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
@@ -192,8 +203,57 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
       norm_eps=hf.get("rms_norm_eps", 1e-6),
       tie_embeddings=bool(hf.get("tie_word_embeddings", tie_default)),
       activation=_ACTIVATIONS[act], **_rope_fields(hf))
+  if model_type in _SLIDING_ARCHS:
+    fields.update(_gemma2_fields(hf, model_type, fields["n_layers"]))
   fields.update(overrides)
   return model_type, ModelConfig.from_mapping(fields)
+
+
+def _window_pattern(layer_types: list, where: str) -> int:
+  """HF layer_types -> sliding_window_pattern k: layer i global iff (i + 1) % k == 0 (0: all local)."""
+  unknown = sorted(set(layer_types) - {"sliding_attention", "full_attention"})
+  if unknown:
+    raise ValueError(f"{where}: layer_types {unknown} are not supported")
+  is_global = [t == "full_attention" for t in layer_types]
+  k = is_global.index(True) + 1 if any(is_global) else 0
+  if is_global != [k > 0 and (i + 1) % k == 0 for i in range(len(layer_types))]:
+    raise ValueError(f"{where}: layer_types {layer_types} are not every k-th layer global; only that "
+                     "pattern (sliding_window_pattern) is supported")
+  return k
+
+
+def _gemma2_fields(hf: dict, model_type: str, n_layers: int) -> dict:
+  """Gemma 2 / 3 switches from config.json (values as transformers reads them)."""
+  where = "config.json"
+  gemma3 = model_type == "gemma3_text"
+  layer_types = hf.get("layer_types") or [
+      "full_attention" if (i + 1) % hf.get("sliding_window_pattern", 6 if gemma3 else 2) == 0
+      else "sliding_attention" for i in range(n_layers)]
+  if len(layer_types) != n_layers:
+    raise ValueError(f"{where}: {len(layer_types)} layer_types for num_hidden_layers={n_layers}")
+  pattern = _window_pattern(list(layer_types), where)
+  window = hf.get("sliding_window") or 0
+  if "sliding_attention" in layer_types and not window:
+    raise ValueError(f"{where}: layer_types has sliding_attention layers but sliding_window is {window!r}")
+  if gemma3 and hf.get("attn_logit_softcapping"):
+    raise ValueError(f"{where}: attn_logit_softcapping={hf['attn_logit_softcapping']} for gemma3_text: "
+                     "transformers does not apply it to Gemma 3; refusing rather than guessing")
+  out = dict(post_norms=True, query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or 0.0),
+             attn_logit_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
+             final_logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+             sliding_window=int(window) if "sliding_attention" in layer_types else 0,
+             sliding_window_pattern=pattern if "sliding_attention" in layer_types else 0,
+             rope_local_theta=0.0)
+  if gemma3 and out["sliding_window"]:
+    local = (hf.get("rope_parameters") or {}).get("sliding_attention")
+    if local is not None:
+      if (local.get("rope_type") or "default") != "default":
+        raise ValueError(f"{where}: rope_parameters.sliding_attention rope_type "
+                         f"{local.get('rope_type')!r}: local layers support default RoPE only")
+      out["rope_local_theta"] = float(local.get("rope_theta", 10_000.0))
+    else:
+      out["rope_local_theta"] = float(hf.get("rope_local_base_freq", 10_000.0))
+  return out
 
 
 def model_config_to_hf(arch: str, cfg: ModelConfig, extra: dict | None = None) -> dict:
@@ -218,6 +278,18 @@ def model_config_to_hf(arch: str, cfg: ModelConfig, extra: dict | None = None) -
     hf["attention_bias"] = cfg.qkv_bias
   if arch.startswith("gemma"):
     hf["hidden_activation"] = hf["hidden_act"]
+  if arch in _SLIDING_ARCHS:
+    local = cfg.layer_is_local
+    scalar = cfg.query_pre_attn_scalar or cfg.head_dim
+    hf.update(query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,  # HF: int
+              attn_logit_softcapping=cfg.attn_logit_softcap or None,
+              final_logit_softcapping=cfg.final_logit_softcap or None,
+              sliding_window=cfg.sliding_window or None,
+              layer_types=["sliding_attention" if x else "full_attention" for x in local])
+    if arch == "gemma3_text":
+      local_rope = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+      hf["rope_parameters"] = {"full_attention": rope, "sliding_attention": local_rope}
+      hf["rope_local_base_freq"] = local_rope["rope_theta"]
   hf.update(extra or {})
   return hf
 
@@ -226,11 +298,22 @@ _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")  # how we run a model, not w
 
 
 def _canonical(cfg: ModelConfig) -> ModelConfig:
-  """cfg with the fields its RoPE kind ignores reset, for comparing what a model computes."""
+  """cfg with each field that does not change what it computes set to one value (RoPE
+  fields its kind ignores, window settings without local layers, defaults spelled out),
+  for comparing two configs as models."""
   base = ModelConfig()
-  keep = {"llama3": (), "linear": ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"),
-          "default": ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len")}
-  return dataclasses.replace(cfg, **{f: getattr(base, f) for f in keep[cfg.rope_scaling]})
+  unused = {"llama3": (), "linear": ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"),
+            "default": ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len")}
+  out = {f: getattr(base, f) for f in unused[cfg.rope_scaling]}
+  local = cfg.layer_is_local
+  if not any(local):
+    out.update(sliding_window=0, sliding_window_pattern=0, rope_local_theta=0.0)
+  else:
+    out["sliding_window_pattern"] = 0 if all(local) else cfg.sliding_window_pattern
+    if not cfg.rope_local_theta and cfg.rope_scaling == "default":
+      out["rope_local_theta"] = cfg.rope_theta   # "as global" is this theta when global is unscaled
+  out["query_pre_attn_scalar"] = float(cfg.query_pre_attn_scalar or cfg.head_dim)
+  return dataclasses.replace(cfg, **out)
 
 
 def config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
@@ -312,7 +395,12 @@ def _layer_table(cfg: ModelConfig) -> Iterator[tuple]:
   """(our sub-path, HF name within `layers.{i}.`, our shape, groups, transpose) of one layer."""
   d, h, kv, hd, m = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
   yield ("attn_norm", "scale"), "input_layernorm.weight", (d,), _ROW, False
-  yield ("mlp_norm", "scale"), "post_attention_layernorm.weight", (d,), _ROW, False
+  if cfg.post_norms:  # Gemma 2/3: post_attention_layernorm norms the attention output
+    yield ("attn_post_norm", "scale"), "post_attention_layernorm.weight", (d,), _ROW, False
+    yield ("mlp_norm", "scale"), "pre_feedforward_layernorm.weight", (d,), _ROW, False
+    yield ("mlp_post_norm", "scale"), "post_feedforward_layernorm.weight", (d,), _ROW, False
+  else:               # Llama & co: post_attention_layernorm is the pre-MLP norm
+    yield ("mlp_norm", "scale"), "post_attention_layernorm.weight", (d,), _ROW, False
   for name, heads in (("q", h), ("k", kv), ("v", kv)):
     yield ("attn", name), f"self_attn.{name}_proj.weight", (d, heads, hd), ((0,), (1, 2)), True
     if cfg.qkv_bias:
@@ -356,10 +444,11 @@ def _derived_tensors(weights: SafetensorsFolder, cfg: ModelConfig, embed_name: s
     else:
       problems.append("lm_head.weight differs from the embedding, but config.json says "
                       "tie_word_embeddings=true (the LM head would be dropped)")
-  inv_freq = rope_inv_freq(cfg)
+  inv_freqs = rope_inv_freqs(cfg)
   for key in weights.keys():
     if key.endswith("rotary_emb.inv_freq"):
-      if np.allclose(weights.get(key).astype(np.float32), inv_freq, rtol=1e-5, atol=0):
+      stored = weights.get(key).astype(np.float32)
+      if any(stored.shape == f.shape and np.allclose(stored, f, rtol=1e-5, atol=0) for f in inv_freqs):
         used.append(key)
       else:
         problems.append(f"{key} does not match the RoPE frequencies config.json implies")

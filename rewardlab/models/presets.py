@@ -48,6 +48,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-3.1-8b": _preset("llama", vocab_size=128_256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
                             head_dim=128, mlp_dim=14_336, max_seq_len=131_072, norm_eps=1e-5, tie_embeddings=False,
                             rope_factor=8.0, **_LLAMA3_ROPE),
+    # google/gemma-2-2b (soft-caps 50 / 30, every 2nd layer global, window 4096)
+    "gemma-2-2b": _preset("gemma2", vocab_size=256_000, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4,
+                          head_dim=256, mlp_dim=9216, max_seq_len=8192, norm_eps=1e-6, rope_theta=10_000.0,
+                          query_pre_attn_scalar=256.0, attn_logit_softcap=50.0, final_logit_softcap=30.0,
+                          sliding_window=4096, sliding_window_pattern=2),
+    # google/gemma-3-1b-pt (every 6th layer global, window 512, local RoPE base 10k)
+    "gemma-3-1b": _preset("gemma3", vocab_size=262_144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1,
+                          head_dim=256, mlp_dim=6912, max_seq_len=32_768, norm_eps=1e-6,
+                          rope_theta=1_000_000.0, rope_local_theta=10_000.0, query_pre_attn_scalar=256.0,
+                          sliding_window=512, sliding_window_pattern=6),
 }
 
 
