@@ -338,6 +338,9 @@ def test_bad_folders_name_what_is_wrong(tmp_path):
   _edit_config(folder, mlp_bias=False, hidden_act="silu", rope_parameters=dict(rope_type="yarn", factor=2.0))
   with pytest.raises(ValueError, match="rope scaling type 'yarn' is not supported"):
     load_hf_model(folder, _mesh())
+  _edit_config(folder, rope_parameters=cfg["rope_parameters"], hidden_size=None)
+  with pytest.raises(ValueError, match=r"llama/config\.json: missing field\(s\) \['hidden_size'\]"):
+    load_hf_model(folder, _mesh())
   json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
   open(os.path.join(folder, "config.json"), "a").write("}")
   with pytest.raises(ValueError, match=r"config\.json:\d+: not valid JSON"):

@@ -176,6 +176,10 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
   if model_type not in _ARCHS:
     raise ValueError(f"config.json: model_type {model_type!r} is not supported; supported: {SUPPORTED}")
   family, _, tie_default = _ARCHS[model_type]
+  absent = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "intermediate_size") if hf.get(k) is None]
+  if absent:
+    raise ValueError(f"config.json: missing field(s) {absent}")
   problems = []
   if hf.get("mlp_bias"):
     problems.append("mlp_bias=true (MLP biases) is not supported")
@@ -222,10 +226,20 @@ def _window_pattern(layer_types: list, where: str) -> int:
   return k
 
 
+# transformers' defaults for keys a Gemma 2 / 3 config.json may omit (an explicit null is "off")
+_GEMMA_DEFAULTS = {
+    "gemma2": dict(query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                   sliding_window=4096),
+    "gemma3_text": dict(query_pre_attn_scalar=256, attn_logit_softcapping=None, final_logit_softcapping=None,
+                        sliding_window=4096),
+}
+
+
 def _gemma2_fields(hf: dict, model_type: str, n_layers: int) -> dict:
   """Gemma 2 / 3 switches from config.json (values as transformers reads them)."""
   where = "config.json"
   gemma3 = model_type == "gemma3_text"
+  hf = dict(_GEMMA_DEFAULTS[model_type], **hf)
   layer_types = hf.get("layer_types") or [
       "full_attention" if (i + 1) % hf.get("sliding_window_pattern", 6 if gemma3 else 2) == 0
       else "sliding_attention" for i in range(n_layers)]
@@ -504,6 +518,15 @@ def read_hf_config(folder: str) -> dict:
       raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
+def _folder_config(folder: str, hf: dict, **overrides) -> tuple[str, ModelConfig]:
+  """model_config_from_hf, its errors naming the folder's config.json."""
+  try:
+    return model_config_from_hf(hf, **overrides)
+  except ValueError as e:
+    msg = str(e)
+    raise ValueError(f"{folder}/{msg}" if msg.startswith("config.json") else f"{folder}/config.json: {msg}") from None
+
+
 def _classifier_arch(hf: dict, weights: SafetensorsFolder) -> str | None:
   names = [a for a in hf.get("architectures") or () if "ForSequenceClassification" in a]
   if names:
@@ -525,7 +548,7 @@ def load_hf_model(folder: str, mesh, rules=LOGICAL_RULES, **overrides):
       raise ValueError(f"{folder}: {classifier} is a sequence-classification checkpoint (a reward "
                        "model), not a causal LM; load it with rewardlab.models.hf.load_hf_reward_model "
                        "(or score with rewardlab.rewards.reward_model.RewardModelScorer)")
-    arch, cfg = model_config_from_hf(hf, **overrides)
+    arch, cfg = _folder_config(folder, hf, **overrides)
     maps = _param_map(cfg)
     _check_tensors(weights, maps, _derived_tensors(weights, cfg, maps[0].hf))
     graphdef, abstract, shardings = _abstract(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh, rules)
@@ -553,7 +576,7 @@ def load_hf_reward_model(folder: str, mesh, rules=LOGICAL_RULES, **overrides):
     if "score.weight" not in weights:
       raise ValueError(f"{folder}: no 'score.weight' tensor: not a sequence-classification checkpoint "
                        "(a causal LM loads with rewardlab.models.hf.load_hf_model)")
-    arch, cfg = model_config_from_hf(hf, **dict(overrides, tie_embeddings=True))
+    arch, cfg = _folder_config(folder, hf, **dict(overrides, tie_embeddings=True))
     num_labels = weights.shape("score.weight")[0]
     if "id2label" in hf and len(hf["id2label"]) != num_labels:
       raise ValueError(f"{folder}: score.weight has {num_labels} rows but config.json id2label has "
