@@ -1,7 +1,9 @@
-"""Policy-model configuration: one dataclass covers Llama, Qwen2, Qwen3 and Gemma.
+"""Policy-model configuration: one dataclass covers Llama, Qwen2, Qwen3 and Gemma 1/2/3.
 
-The families differ only in switches (qkv bias, q/k norm, tied embeddings, Gemma's
-embedding scale and `(1 + w)` norm, GeGLU vs SwiGLU), so one module implements all.
+The families differ only in switches (qkv / output-projection bias, q/k norm, tied
+embeddings, Gemma's embedding scale and `(1 + w)` norm, GeGLU vs SwiGLU, and Gemma 2/3's
+post-norms, soft-capping, query scale and alternating sliding-window layers), so one
+module implements all.
 """
 from __future__ import annotations
 
@@ -32,12 +34,21 @@ class ModelConfig:
   rope_high_freq_factor: float = 4.0    # llama3 only
   rope_original_max_len: int = 8192     # llama3 only
   norm_eps: float = 1e-6
-  qkv_bias: bool = False          # Qwen2
-  qk_norm: bool = False           # Qwen3
+  qkv_bias: bool = False          # Qwen2; `attention_bias` of Llama / Qwen3 / Gemma
+  o_bias: bool = False            # output-projection bias: `attention_bias` of Llama / Qwen3 / Gemma
+  qk_norm: bool = False           # Qwen3, Gemma 3
   tie_embeddings: bool = True
   embed_scale: bool = False       # Gemma multiplies embeddings by sqrt(d_model)
   norm_offset: float = 0.0        # Gemma stores RMSNorm weight w and applies (1 + w)
   activation: str = "silu"        # "silu" (SwiGLU) or "gelu_tanh" (Gemma's GeGLU)
+  post_norms: bool = False        # Gemma 2/3: RMSNorm on the attention and MLP outputs too
+  query_pre_attn_scalar: float = 0.0   # scores scaled by this ** -0.5 (0: head_dim, the usual)
+  attn_logit_softcap: float = 0.0      # Gemma 2: scores -> cap * tanh(scores / cap) (0: off)
+  final_logit_softcap: float = 0.0     # Gemma 2: logits -> cap * tanh(logits / cap) (0: off)
+  sliding_window: int = 0         # local layers attend to the last W tokens (0: no local layers)
+  sliding_window_pattern: int = 0  # with a window: layer i is global iff (i + 1) % k == 0, the
+                                   # rest local (Gemma 2: 2, Gemma 3: 6); 0: every layer local
+  rope_local_theta: float = 0.0   # Gemma 3: RoPE base of local layers, unscaled (0: as global)
   param_dtype: str = "float32"
   dtype: str = "float32"          # compute dtype of activations and matmuls
   remat: bool = False
@@ -59,6 +70,12 @@ class ModelConfig:
                  "max_seq_len"):
       if getattr(self, name) < 1:
         problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
+                 "sliding_window", "sliding_window_pattern", "rope_local_theta"):
+      if getattr(self, name) < 0:
+        problems.append(f"{name}={getattr(self, name)} must be >= 0 (0 = off / default)")
+    if self.rope_local_theta and not self.sliding_window:
+      problems.append(f"rope_local_theta={self.rope_local_theta} needs local layers (sliding_window > 0)")
     if problems:
       raise ValueError("model config: " + "; ".join(problems))
 
@@ -69,6 +86,24 @@ class ModelConfig:
   @property
   def jnp_param_dtype(self):
     return _DTYPES[self.param_dtype]
+
+  @property
+  def layer_is_local(self) -> tuple[bool, ...]:
+    """Per layer: True where attention is limited to the last `sliding_window` tokens."""
+    if not self.sliding_window:
+      return (False,) * self.n_layers
+    k = self.sliding_window_pattern
+    return tuple(k == 0 or (i + 1) % k != 0 for i in range(self.n_layers))
+
+  @property
+  def attention_kinds(self) -> tuple[int, ...]:
+    """Per layer: index of its (mask, RoPE) kind, 0 global, 1 local; a per-layer integer
+    so a scanned layer stack can select its kind with an index, not a Python branch."""
+    return tuple(int(x) for x in self.layer_is_local)
+
+  @property
+  def query_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
   @classmethod
   def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
@@ -85,9 +120,11 @@ class ModelConfig:
     attn = d * h * hd * 2 + d * kv * hd * 2
     if self.qkv_bias:
       attn += (h + 2 * kv) * hd
+    if self.o_bias:
+      attn += d
     if self.qk_norm:
       attn += 2 * hd
-    layer = attn + 3 * d * self.mlp_dim + 2 * d
+    layer = attn + 3 * d * self.mlp_dim + (4 if self.post_norms else 2) * d
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return self.n_layers * layer + emb + d
 
@@ -96,7 +133,9 @@ class ModelConfig:
     d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
     matmul = self.n_layers * (d * h * hd * 2 + d * kv * hd * 2 + 3 * d * self.mlp_dim)
     matmul += self.vocab_size * d  # unembedding
-    attn = self.n_layers * 2 * h * hd * seq_len  # QK^T and AV, causal average ~ seq_len/2 x2
+    # QK^T and AV, causal average ~ seq_len/2 x2; a local layer sees at most its window
+    span = lambda local: min(seq_len, self.sliding_window) if local else seq_len
+    attn = sum(2 * h * hd * span(local) for local in self.layer_is_local)
     return 2.0 * matmul + attn
 
 
@@ -107,4 +146,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3": dict(qkv_bias=False, qk_norm=True, activation="silu", rope_theta=1_000_000.0),
     "gemma": dict(qkv_bias=False, qk_norm=False, activation="gelu_tanh", embed_scale=True,
                   norm_offset=1.0, tie_embeddings=True),
+    "gemma2": dict(qkv_bias=False, qk_norm=False, activation="gelu_tanh", embed_scale=True,
+                   norm_offset=1.0, tie_embeddings=True, post_norms=True, attn_logit_softcap=50.0,
+                   final_logit_softcap=30.0, sliding_window=4096, sliding_window_pattern=2),
+    "gemma3": dict(qkv_bias=False, qk_norm=True, activation="gelu_tanh", embed_scale=True,
+                   norm_offset=1.0, tie_embeddings=True, post_norms=True, sliding_window=512,
+                   sliding_window_pattern=6, rope_theta=1_000_000.0, rope_local_theta=10_000.0),
 }

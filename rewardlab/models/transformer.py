@@ -1,4 +1,4 @@
-"""Decoder-only transformer (Llama / Qwen2 / Qwen3 / Gemma) in Flax NNX.
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3 / Gemma 1, 2, 3) in Flax NNX.
 
 Every parameter carries logical axis names in its `axes` metadata (`embed`, `vocab`,
 `heads`, `kv_heads`, `head_dim`, `mlp`, `norm`); `rewardlab.sharding` maps them to
@@ -8,7 +8,8 @@ Attention works on *slots*: without a cache the slots are the T input positions;
 `KVCache` they are the cache's S preallocated positions and the new tokens are written at
 `cache.index`. Query i may see slot s when `s <= index + i` and slot s holds a real
 token. Prompts of different lengths are therefore left-padded: padding occupies early
-slots, is marked invalid, and RoPE positions count only real tokens.
+slots, is marked invalid, and RoPE positions count only real tokens. Local (sliding-window)
+layers further drop keys `sliding_window` or more real tokens back (`attention_masks`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rewardlab.models.config import ModelConfig
@@ -106,22 +108,33 @@ class RMSNorm(nnx.Module):
     return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
-  """[Dh/2] inverse frequencies, with HF's "linear" and "llama3" scaling."""
-  half = cfg.head_dim // 2
-  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+def default_inv_freq(theta: float, head_dim: int) -> np.ndarray:
+  """[Dh/2] float32 theta ** -(2i / Dh), rounded as transformers computes it in torch: the
+  exponent in f32, the power rounded once to f32 (as a correctly rounded f32 pow; XLA's f32
+  pow was up to 18 ulp off, which moves RoPE angles at long positions), then an f32
+  reciprocal. A host constant: it depends on the config only."""
+  exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+  return np.float32(1.0) / (np.float64(theta) ** exponent.astype(np.float64)).astype(np.float32)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """[Dh/2] float32 inverse frequencies, with HF's "linear" and "llama3" scaling computed in
+  transformers' f32 order of operations (a scalar over a tensor is torch's reciprocal times
+  the scalar), so angles match theirs bit for bit where the powers do."""
+  f32 = np.float32
+  inv_freq = default_inv_freq(cfg.rope_theta, cfg.head_dim)
+  factor = f32(cfg.rope_factor)
   if cfg.rope_scaling == "linear":
-    return inv_freq / cfg.rope_factor
+    return inv_freq / factor
   if cfg.rope_scaling == "llama3":
-    low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
-    high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
-    wavelen = 2 * jnp.pi / inv_freq
-    scaled = jnp.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
-    smooth = ((cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor)
-              / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
-    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return jnp.where(medium, smoothed, scaled)
+    old, low, high = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    low_wavelen, high_wavelen = f32(old / low), f32(old / high)
+    wavelen = (f32(1.0) / inv_freq) * f32(2 * np.pi)
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = ((f32(1.0) / wavelen) * f32(old) - f32(low)) / f32(high - low)
+    smoothed = (f32(1.0) - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(f32)
   return inv_freq
 
 
@@ -144,27 +157,38 @@ def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
 def rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
   """`apply_rope` at positions [B, T]; inv_freq: [Dh/2] or a float theta (unscaled)."""
   if isinstance(inv_freq, (int, float)):
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, half, dtype=jnp.float32) / half))
+    inv_freq = default_inv_freq(inv_freq, x.shape[-1])
   return apply_rope(x, rope_tables(positions, inv_freq))
 
 
-def _attend_with_prefix(q, own_scores, own_v, prefix, dt):
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap) (Gemma 2's soft-capping); identity when cap is 0."""
+  return cap * jnp.tanh(x / cap) if cap else x
+
+
+def _scores(q, k, cfg: ModelConfig, spec: str) -> jax.Array:
+  """Attention logits in f32: (q . k) * query_scale, soft-capped (before any mask, as HF)."""
+  s = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * cfg.query_scale
+  return _softcap(s, cfg.attn_logit_softcap)
+
+
+def _attend_with_prefix(q, own_scores, own_v, prefix, cfg):
   """One softmax over a shared prompt prefix and each row's own (masked) slots.
 
   q: [B*n, KV, G, T, Dh]; own_scores: [B*n, KV, G, T, S] f32, scaled and masked;
-  own_v: [B*n, KV, S, Dh]; prefix: (k [B, KV, Dh, P], v [B, KV, P, Dh], valid [B, P]).
-  Returns [B*n, KV, G, T, Dh]."""
-  k_p, v_p, valid_p = prefix
+  own_v: [B*n, KV, S, Dh]; prefix: (k [B, KV, Dh, P], v [B, KV, P, Dh], mask) with mask
+  [B, 1, M, P], M = 1 or n*G*T (query-dependent, for a sliding window) in the grouped
+  row order below. Returns [B*n, KV, G, T, Dh]."""
+  k_p, v_p, mask_p = prefix
+  dt = cfg.jnp_dtype
   bn, kvh, g, t, hd = q.shape
   b, n_prefix = k_p.shape[0], k_p.shape[3]
   n = bn // b
   # [B*n, KV, G, T, X] <-> [B, KV, n*G*T, X]: a prompt's n rows as one matrix per kv head
   group = lambda x: x.reshape(b, n, kvh, g, t, -1).swapaxes(1, 2).reshape(b, kvh, n * g * t, -1)
   ungroup = lambda x: x.reshape(b, kvh, n, g, t, -1).swapaxes(1, 2).reshape(bn, kvh, g, t, -1)
-  prefix_scores = jnp.einsum("bkmd,bkdp->bkmp", group(q), k_p.astype(dt),
-                             preferred_element_type=jnp.float32) * (hd ** -0.5)
-  prefix_scores = jnp.where(valid_p[:, None, None, :], prefix_scores, _MASKED)
+  prefix_scores = _scores(group(q), k_p.astype(dt), cfg, "bkmd,bkdp->bkmp")
+  prefix_scores = jnp.where(mask_p, prefix_scores, _MASKED)
   probs = jax.nn.softmax(jnp.concatenate([ungroup(prefix_scores), own_scores], axis=-1), axis=-1)
   probs = probs.astype(dt)
   out = jnp.einsum("bkmp,bkpd->bkmd", group(probs[..., :n_prefix]), v_p.astype(dt))
@@ -180,20 +204,22 @@ class Attention(nnx.Module):
     self.k = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
     self.v = _param(rngs, _fan_in_normal(d), (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
     self.o = _param(rngs, _fan_in_normal(h * hd), (h, hd, d), ("heads", "head_dim", "embed"), pd)
+    zeros = jax.nn.initializers.zeros
     if cfg.qkv_bias:
-      zeros = jax.nn.initializers.zeros
       self.q_bias = _param(rngs, zeros, (h, hd), ("heads", "head_dim"), pd)
       self.k_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
       self.v_bias = _param(rngs, zeros, (kv, hd), ("kv_heads", "head_dim"), pd)
+    if cfg.o_bias:
+      self.o_bias = _param(rngs, zeros, (d,), ("embed",), pd)
     if cfg.qk_norm:
       self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache, prefix=None):
-    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; key_valid: [B, S];
-    query_slot: [T] slot of each query; kv_cache: None or (k [B, KV, Dh, S],
-    v [B, KV, S, Dh]) to write into at query_slot[0]; prefix: None or this layer's
-    `SharedPrefix` (k, v, valid), attended before the cache slots."""
+  def __call__(self, x, rope_cs, mask, kv_cache, index, prefix=None):
+    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; mask: [B, T, S] which slots
+    each query sees (`attention_masks`); kv_cache: None or (k [B, KV, Dh, S],
+    v [B, KV, S, Dh]) to write the T new keys/values into at slot `index`; prefix: None or
+    this layer's `SharedPrefix` (k, v, mask), attended before the cache slots."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
@@ -207,28 +233,27 @@ class Attention(nnx.Module):
     # a per-step transpose of the whole cache (layouts: see KVCache)
     k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)                 # [B,KV,Dh,T], [B,KV,T,Dh]
     if kv_cache is not None:
-      slot = query_slot[0]
-      k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, 0, slot))
-      v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, slot, 0))
+      k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, 0, index))
+      v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, index, 0))
       new_cache = (k, v)
     else:
       new_cache = None
     b, t, h, hd = q.shape
-    kvh, n_slots = k.shape[1], k.shape[3]
+    kvh = k.shape[1]
     # grouped-query: G = h // kvh query heads share one kv head
     q = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)          # [B, KV, G, T, Dh]
-    scores = jnp.einsum("bkgtd,bkds->bkgts", q, k.astype(dt),
-                        preferred_element_type=jnp.float32) * (hd ** -0.5)
-    slots = jnp.arange(n_slots)
-    mask = key_valid[:, None, :] & (slots[None, None, :] <= query_slot[None, :, None])  # [B,T,S]
+    scores = _scores(q, k.astype(dt), cfg, "bkgtd,bkds->bkgts")
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     if prefix is not None:
-      out = _attend_with_prefix(q, scores, v, prefix, dt)
+      out = _attend_with_prefix(q, scores, v, prefix, cfg)
     else:
       probs = jax.nn.softmax(scores, axis=-1).astype(dt)
       out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), new_cache
+    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+    if cfg.o_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out, new_cache
 
 
 class MLP(nnx.Module):
@@ -249,24 +274,73 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+  """x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms` (Gemma 2/3) each branch's
+  output is normed too before the residual add."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:
+      self.attn_post_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+      self.mlp_post_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, key_valid, query_slot, kv_cache, prefix=None):
-    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, key_valid, query_slot, kv_cache, prefix)
-    x = x + a
-    return x + self.mlp(self.mlp_norm(x)), kv_cache
+  def __call__(self, x, rope_cs, mask, kv_cache, index, prefix=None):
+    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, mask, kv_cache, index, prefix)
+    x = x + (self.attn_post_norm(a) if self.post_norms else a)
+    m = self.mlp(self.mlp_norm(x))
+    return x + (self.mlp_post_norm(m) if self.post_norms else m), kv_cache
 
 
-def _run_block(block, x, rope_cs, key_valid, query_slot, kv_cache, prefix):
-  return block(x, rope_cs, key_valid, query_slot, kv_cache, prefix)
+def _run_block(block, x, rope_cs, mask, kv_cache, index, prefix):
+  return block(x, rope_cs, mask, kv_cache, index, prefix)
 
 
 _run_block_remat = nnx.remat(_run_block)
+
+
+def rope_inv_freqs(cfg: ModelConfig) -> np.ndarray:
+  """[K, Dh/2] inverse frequencies per attention kind (`ModelConfig.attention_kinds`):
+  row 0 global layers, row 1 (when there are local layers) local ones, which use
+  `rope_local_theta` unscaled when it is set (Gemma 3) and the global RoPE otherwise."""
+  freqs = [rope_inv_freq(cfg)]
+  if any(cfg.layer_is_local):
+    freqs.append(default_inv_freq(cfg.rope_local_theta, cfg.head_dim) if cfg.rope_local_theta else freqs[0])
+  return np.stack(freqs)
+
+
+def attention_masks(cfg: ModelConfig, key_valid, index, t: int, prefix_valid=None):
+  """Which slots each of T queries (at slots index..index+T-1) may see, per attention kind.
+
+  key_valid: [B, S] slot holds a real token; prefix_valid: [Bp, P] or None, a shared
+  prefix attended before the slots by B = Bp * n rows (prompt-major).
+  Returns (masks, prefix_masks): masks[kind] [B, T, S] bool; prefix_masks[kind] [Bp, 1, M, P]
+  with M = 1, or n*G*T for a local kind (grouped as `_attend_with_prefix` orders rows).
+  A local layer sees keys fewer than `sliding_window` real tokens back: the window counts
+  tokens (positions), not slots, so padding inside or before a row never narrows it."""
+  b, n_slots = key_valid.shape
+  query_slot = index + jnp.arange(t)
+  causal = key_valid[:, None, :] & (jnp.arange(n_slots)[None, None, :] <= query_slot[None, :, None])
+  masks = [causal]
+  prefix_masks = None if prefix_valid is None else [prefix_valid[:, None, None, :]]
+  if any(cfg.layer_is_local):
+    w = cfg.sliding_window
+    seen = jnp.cumsum(key_valid.astype(jnp.int32), axis=-1)                  # real tokens in slots <= s
+    q_seen = jax.lax.dynamic_slice_in_dim(seen, index, t, axis=1)             # [B, T]
+    masks.append(causal & (q_seen[:, :, None] - seen[:, None, :] < w))
+    if prefix_valid is not None:
+      bp, p = prefix_valid.shape
+      n, g = b // bp, cfg.n_heads // cfg.n_kv_heads
+      p_seen = jnp.cumsum(prefix_valid.astype(jnp.int32), axis=-1)           # [Bp, P]
+      # a query's tokens so far: the whole prefix + its own tokens; minus a prefix key's
+      q_total = p_seen[:, -1:, None] + q_seen.reshape(bp, n, t)              # [Bp, n, T]
+      near = (q_total[:, :, :, None] - p_seen[:, None, None, :]) < w         # [Bp, n, T, P]
+      local = prefix_valid[:, None, None, None, :] & near[:, :, None]        # [Bp, n, 1, T, P]
+      local = jnp.broadcast_to(local, (bp, n, g, t, p)).reshape(bp, 1, n * g * t, p)
+      prefix_masks.append(local)
+  return masks, prefix_masks
 
 
 class Transformer(nnx.Module):
@@ -283,15 +357,32 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs, _fan_in_normal(cfg.d_model), (cfg.d_model, cfg.vocab_size),
                             ("embed", "vocab"), cfg.jnp_param_dtype)
 
-  def unembedding(self) -> jax.Array:
-    """[D, V] matrix mapping final hidden states to logits."""
+  def _unembedding(self) -> jax.Array:
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
+  def unembedding(self) -> jax.Array:
+    """[D, V] matrix mapping final hidden states to logits. A model with final-logit
+    soft-capping has no such matrix (logits are cap * tanh(h W / cap)): it refuses, so no
+    caller drops the cap silently; use `logits` or `token_logprobs`."""
+    if self.cfg.final_logit_softcap:
+      raise ValueError(f"unembedding: this model soft-caps its logits (final_logit_softcap="
+                       f"{self.cfg.final_logit_softcap}), so hidden @ unembedding are not its logits; "
+                       "use Transformer.logits or Transformer.token_logprobs")
+    return self._unembedding()
+
+  def token_logprobs(self, hidden, tokens, chunk_size: int = 4096, with_entropy: bool = False):
+    """log p(tokens) [B, T] f32 (and entropies) from final hidden states [B, T, D], chunked
+    over the vocabulary (`chunked_token_logprobs`), soft-capped where the model is."""
+    from rewardlab.ops.logprobs import chunked_token_logprobs
+    return chunked_token_logprobs(hidden, self._unembedding(), tokens, chunk_size, with_entropy,
+                                  softcap=self.cfg.final_logit_softcap)
+
   def rope_table(self, n_positions: int) -> tuple[jax.Array, jax.Array]:
-    """(cos, sin), each [n_positions, Dh/2] float32: RoPE for positions 0..n_positions-1,
-    for decode loops to compute once and pass to every step's `hidden_states`."""
-    cos, sin = rope_tables(jnp.arange(n_positions)[None], rope_inv_freq(self.cfg))  # [1, n, 1, half]
-    return cos[0, :, 0], sin[0, :, 0]
+    """(cos, sin), each [K, n_positions, Dh/2] float32: RoPE of every attention kind for
+    positions 0..n_positions-1, for decode loops to compute once and pass to every step's
+    `hidden_states`."""
+    angles = jnp.arange(n_positions, dtype=jnp.float32)[None, :, None] * rope_inv_freqs(self.cfg)[:, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
 
   def hidden_states(self, tokens, positions=None, valid=None, cache: Optional[KVCache] = None,
                     rope_table: Optional[tuple[jax.Array, jax.Array]] = None,
@@ -316,21 +407,23 @@ class Transformer(nnx.Module):
     if prefix is not None and (cache is None or b % prefix.valid.shape[0]):
       raise ValueError(f"hidden_states: a shared prefix needs a cache and a batch ({b}) that is a "
                        f"multiple of the prefix's ({prefix.valid.shape[0]})")
-    query_slot = index + jnp.arange(t)
+    # per attention kind (0 global, 1 local): a mask and a RoPE table, computed once and
+    # selected per layer by its integer kind
+    masks, prefix_masks = attention_masks(cfg, key_valid, index, t, None if prefix is None else prefix.valid)
     if rope_table is not None:  # a lookup, which XLA may fuse into every consumer cheaply
-      rope_cs = tuple(table[positions][:, :, None, :] for table in rope_table)
+      rope_cs = [(cos[positions][:, :, None, :], sin[positions][:, :, None, :]) for cos, sin in zip(*rope_table)]
     else:  # the barrier materialises cos/sin once; otherwise XLA fuses the transcendentals
       # into every consumer and recomputes them per head and per layer
-      rope_cs = jax.lax.optimization_barrier(rope_tables(positions, rope_inv_freq(cfg)))
+      rope_cs = jax.lax.optimization_barrier([rope_tables(positions, f) for f in rope_inv_freqs(cfg)])
     x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)
     run = _run_block_remat if cfg.remat else _run_block
     new_k, new_v = [], []
-    for i, block in enumerate(self.layers):
+    for i, (block, kind) in enumerate(zip(self.layers, cfg.attention_kinds)):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
-      x, kv = run(block, x, rope_cs, key_valid, query_slot, kv, layer_prefix)
+      layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix_masks[kind])
+      x, kv = run(block, x, rope_cs[kind], masks[kind], kv, index, layer_prefix)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
@@ -340,17 +433,18 @@ class Transformer(nnx.Module):
     return hidden, cache
 
   def logits(self, hidden: jax.Array, unembedding: Optional[jax.Array] = None) -> jax.Array:
-    """[B, T, D] -> [B, T, V] float32. `unembedding`: a precomputed `unembedding()`, which
-    decode loops materialise once (see `decode_unembedding`)."""
-    w = self.unembedding() if unembedding is None else unembedding
-    return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
+    """[B, T, D] -> [B, T, V] float32 (soft-capped when the model is). `unembedding`: a
+    precomputed `decode_unembedding()`, which decode loops materialise once."""
+    w = self._unembedding() if unembedding is None else unembedding
+    logits = jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return _softcap(logits, self.cfg.final_logit_softcap)
 
   def decode_unembedding(self) -> jax.Array:
-    """[D, V] unembedding materialised in that layout. With tied embeddings it is the
-    transpose of the [V, D] table, which XLA otherwise folds into every decode step's
-    logits matmul as a transposed operand (several times slower on CPU)."""
-    return jax.lax.optimization_barrier(self.unembedding())
+    """[D, V] unembedding matrix (before any soft-cap, which `logits` applies) materialised
+    in that layout. With tied embeddings it is the transpose of the [V, D] table, which XLA
+    otherwise folds into every decode step's logits matmul as a transposed operand
+    (several times slower on CPU)."""
+    return jax.lax.optimization_barrier(self._unembedding())
 
   def __call__(self, tokens, positions=None, valid=None, cache=None) -> ModelOutput:
     hidden, cache = self.hidden_states(tokens, positions, valid, cache)

@@ -24,10 +24,11 @@ def token_entropy_from_logits(logits):
 
 
 def chunked_token_logprobs(hidden, unembedding, tokens, chunk_size: int = 4096,
-                           with_entropy: bool = False):
+                           with_entropy: bool = False, softcap: float = 0.0):
   """Token log-probs (and optionally entropies) without materialising full logits.
 
-  hidden: [B, T, D]; unembedding: [D, V]; tokens: [B, T] int.
+  hidden: [B, T, D]; unembedding: [D, V]; tokens: [B, T] int. softcap > 0: the logits are
+  softcap * tanh(hidden @ unembedding / softcap) (Gemma 2's final-logit soft-capping).
   Returns logps [B, T] float32 (and entropy [B, T] float32 if with_entropy).
   Entropy uses H = logZ - E_p[logit], accumulated with the same running max.
   """
@@ -43,6 +44,8 @@ def chunked_token_logprobs(hidden, unembedding, tokens, chunk_size: int = 4096,
     run_max, run_sum, run_wsum, picked = carry
     w_c, c = xs
     logits = jnp.einsum("btd,dv->btv", h, w_c, preferred_element_type=jnp.float32)
+    if softcap:
+      logits = softcap * jnp.tanh(logits / softcap)
     ids = c * chunk + jnp.arange(chunk)
     logits = jnp.where(ids < v, logits, -jnp.inf)
     new_max = jnp.maximum(run_max, jnp.max(logits, axis=-1))

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rewardlab.data import load_tokenizer
 from rewardlab.models import hf as hf_io
@@ -70,8 +71,9 @@ class RewardModelScorer:
     self.graphdef, state = nnx.split(abstract, nnx.Param)
     params = nnx.to_pure_dict(state)
     params["trunks"][0] = trunk
+    # HF's score layer has no bias: a zero one, replicated (the kernel's 2-D sharding does not fit it)
     params["heads"][0] = {"kernel": head["kernel"],
-                          "bias": jax.device_put(np.zeros((1,), np.float32), head["kernel"].sharding)}
+                          "bias": jax.device_put(np.zeros((1,), np.float32), NamedSharding(self.mesh, P()))}
     self.params = params
 
   def score(self, prompts: Sequence[str], completions: Sequence[str], group_size: int = 1) -> np.ndarray:
