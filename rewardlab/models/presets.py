@@ -24,6 +24,11 @@ def _preset(family: str, **fields) -> dict[str, Any]:
   return dict(FAMILIES[family], **fields)
 
 
+# The embedded default policy (a few million parameters; byte tokenizer): the sizes a run
+# uses when config.model names neither a preset nor a HF folder.
+EMBEDDED: dict[str, Any] = dict(vocab_size=264, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
+                                mlp_dim=384, max_seq_len=64, rope_theta=10_000.0, norm_eps=1e-6)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Qwen/Qwen3-0.6B (0.6B; 0.44B without embeddings)
     "qwen3-0.6b": _preset("qwen3", vocab_size=151_936, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8,

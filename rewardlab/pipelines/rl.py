@@ -20,7 +20,6 @@ from rewardlab.models import Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead
 from rewardlab.models.logprobs import completion_hidden
 from rewardlab.objectives import policy_gradient as pg
-from rewardlab.ops import chunked_token_logprobs
 from rewardlab.pipelines import sft
 from rewardlab.pipelines.rl_aux import AUXILIARIES, Auxiliary, AuxSetup, build_auxiliaries
 from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, self_certainty
@@ -68,8 +67,7 @@ def make_rl_loss_fn(settings: dict, chunk: int, auxiliaries: dict[str, Auxiliary
       hidden = full[:, -n - 1:-1]
     else:
       full, hidden = None, completion_hidden(policy, batch.tokens, batch.valid, n)
-    logp_new, entropy = chunked_token_logprobs(hidden, policy.unembedding(), batch.tokens[:, -n:], chunk,
-                                               with_entropy=True)
+    logp_new, entropy = policy.token_logprobs(hidden, batch.tokens[:, -n:], chunk, with_entropy=True)
     if ppo:
       loss, metrics = pg.ppo_loss(logp_new, batch.logp_old, batch.logp_ref, batch.completion_mask, batch.advantages,
                                   model.value_head(hidden), batch.old_values, batch.returns,

@@ -86,7 +86,7 @@ def last_token_logprob(model, hidden, valid, token_id: int):
   Only one row of the unembedding per sequence is computed (one token position of work)."""
   from rewardlab.models.heads import gather_last
   h = gather_last(hidden, valid)                                         # [N, D]
-  logits = (h @ model.unembedding().astype(h.dtype)).astype(jnp.float32)  # [N, V]
+  logits = model.logits(h[:, None])[:, 0]                                # [N, V] f32
   return jax.nn.log_softmax(logits, -1)[:, token_id]
 
 

@@ -6,13 +6,16 @@ value and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
 import jax
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from rewardlab.data.tasks import TASKS
+from rewardlab.models.config import ModelConfig
 from rewardlab.models.lora import LORA_TARGETS
 from rewardlab.ops.masked import AGGREGATIONS
 from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
@@ -29,12 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.pipeline = "sft"
   c.seed = 0
   c.workdir = "runs/default"
+  # every ModelConfig field, unset (None) unless a config sets it: unset fields take the
+  # preset's value (model.preset), the HF folder's (model.hf_path), or the embedded default's
   c.model = ml_collections.ConfigDict(dict(
-      vocab_size=264, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
-      mlp_dim=384, max_seq_len=64, rope_theta=10_000.0, norm_eps=1e-6, qkv_bias=False,
-      qk_norm=False, tie_embeddings=True, embed_scale=False, norm_offset=0.0,
-      activation="silu", param_dtype="float32", dtype="float32", remat=False,
-      hf_path=""))  # hf_path: a local HF folder; sizes then come from its config.json
+      {f.name: placeholder(type(f.default)) for f in dataclasses.fields(ModelConfig)},
+      preset="",    # a published shape, e.g. "qwen3-0.6b" (rewardlab.models.presets.PRESETS)
+      hf_path=""))  # a local HF folder; sizes then come from its config.json
   c.tokenizer_path = ""  # "" = byte tokenizer, or model.hf_path's tokenizer when that is set
   c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q", "v")))
   c.export_hf = ""  # write the final (merged) weights here as a HF folder

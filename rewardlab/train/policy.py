@@ -15,6 +15,7 @@ from flax import nnx
 from rewardlab.data import load_tokenizer
 from rewardlab.models import ModelConfig, Transformer
 from rewardlab.models import hf as hf_io
+from rewardlab.models import presets
 from rewardlab.models.lora import apply_lora, init_lora, lora_specs
 from rewardlab.sharding import LOGICAL_RULES, named
 from rewardlab.train.state import init_params
@@ -41,19 +42,22 @@ class LoraSpec:
 
 @dataclasses.dataclass(frozen=True)
 class PolicySpec:
-  """Which policy a run builds: ModelConfig fields, or a local HF folder whose config.json
-  gives the sizes (`model` then only sets RUNTIME_FIELDS); its tokenizer; LoRA; init seed."""
+  """Which policy a run builds: the ModelConfig fields a config set (`model`), over a
+  published preset's or the embedded default's; or a local HF folder whose config.json gives
+  the architecture (`model` then only sets RUNTIME_FIELDS; with a preset too, the folder must
+  match it). Plus its tokenizer, LoRA and the init seed."""
   model: Mapping[str, Any]
   hf_path: str = ""
+  preset: str = ""
   tokenizer_path: str = ""          # "" = the HF folder's tokenizer, else the byte tokenizer
   lora: LoraSpec = LoraSpec()
   seed: int = 0
 
   @classmethod
   def from_config(cls, config) -> "PolicySpec":
-    fields = {k: v for k, v in dict(config.model).items() if k != "hf_path"}
-    return cls(fields, config.model.get("hf_path", ""), config.get("tokenizer_path", ""),
-               LoraSpec.from_config(config.get("lora")), config.seed)
+    fields = {k: v for k, v in dict(config.model).items() if k not in ("hf_path", "preset") and v is not None}
+    return cls(fields, config.model.get("hf_path", ""), config.model.get("preset", ""),
+               config.get("tokenizer_path", ""), LoraSpec.from_config(config.get("lora")), config.seed)
 
   def runtime_fields(self) -> dict:
     return {k: v for k, v in self.model.items() if k in RUNTIME_FIELDS}
@@ -78,31 +82,26 @@ class Policy:
     return params if self.merge is None else self.merge(params, frozen)
 
 
-def infer_arch(cfg: ModelConfig) -> str:
-  if cfg.norm_offset == 1.0 and cfg.embed_scale:
-    return "gemma"
-  if cfg.qk_norm:
-    return "qwen3"
-  if cfg.qkv_bias:
-    return "qwen2"
-  return "llama"
-
-
 def resolve_model_config(spec: PolicySpec) -> ModelConfig:
   """The ModelConfig a run will use (from the HF folder's config.json when hf_path is set)."""
   if spec.hf_path:
+    if spec.preset:
+      presets.check_hf_matches_preset(spec.preset, spec.hf_path)
     return hf_io.model_config_from_hf(hf_io.read_hf_config(spec.hf_path), **spec.runtime_fields())[1]
-  return ModelConfig.from_mapping(spec.model)
+  base = presets.model_config_from_preset(spec.preset) if spec.preset else presets.EMBEDDED
+  return ModelConfig.from_mapping(dict(dataclasses.asdict(base) if spec.preset else base, **spec.model))
 
 
 def load_trunk(spec: PolicySpec, mesh, rules=LOGICAL_RULES):
   """-> (arch, ModelConfig, graphdef, params placed on the mesh): the HF folder's weights, or
-  a fresh init of spec.model."""
+  a fresh init."""
   if spec.hf_path:
+    if spec.preset:
+      presets.check_hf_matches_preset(spec.preset, spec.hf_path)
     return hf_io.load_hf_model(spec.hf_path, mesh, rules, **spec.runtime_fields())
-  model_cfg = ModelConfig.from_mapping(spec.model)
+  model_cfg = resolve_model_config(spec)
   graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(spec.seed)), mesh, rules)
-  return infer_arch(model_cfg), model_cfg, graphdef, params
+  return hf_io.infer_hf_arch(model_cfg), model_cfg, graphdef, params
 
 
 def build_policy(spec: PolicySpec, mesh, rules=LOGICAL_RULES) -> Policy:
