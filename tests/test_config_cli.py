@@ -30,6 +30,9 @@ def test_default_configs_validate():
     (lambda c: setattr(c.model, "n_kv_heads", 3), r"config.model config: n_heads=4 must be a multiple of n_kv_heads=3"),
     (lambda c: setattr(c.data, "batch_size", 12), r"data.batch_size: 12 is not divisible by mesh data x fsdp = 8"),
     (lambda c: setattr(c.objective, "aggregation", "max"), r"objective.aggregation: 'max' is not allowed"),
+    (lambda c: setattr(c.train, "micro_batches", 3),
+     r"train.micro_batches: data.batch_size=128 is not divisible by micro_batches x mesh data x fsdp = 3 x 8"),
+    (lambda c: setattr(c.model, "preset", "qwen9-1b"), r"model.preset='qwen9-1b' is not a known preset; allowed"),
 ])
 def test_bad_config_names_field_and_allowed_values(edit, match):
   c = load_config("sft_arithmetic")

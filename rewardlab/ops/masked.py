@@ -44,3 +44,14 @@ def aggregate(per_token, mask, mode: str = "token_mean", max_len: int | None = N
     denom = per_token.shape[0] * (per_token.shape[-1] if max_len is None else max_len)
     return masked_sum(per_token, mask) / denom
   raise ValueError(f"aggregation {mode!r} is unknown; allowed: {AGGREGATIONS}")
+
+
+def aggregation_weight(mask, mode: str = "token_mean"):
+  """What `aggregate(..., mask, mode)` divides by, up to a factor equal batches share: the
+  tokens (token_mean) or the rows (seq_mean, constant_sum). Micro-batch losses weighted by
+  it combine into the whole batch's loss. mask [B, T] -> [] float32."""
+  if mode == "token_mean":
+    return jnp.sum(mask).astype(jnp.float32)
+  if mode in ("seq_mean", "constant_sum"):
+    return jnp.float32(mask.shape[0])
+  raise ValueError(f"aggregation {mode!r} is unknown; allowed: {AGGREGATIONS}")

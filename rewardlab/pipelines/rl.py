@@ -20,6 +20,7 @@ from rewardlab.models import Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead
 from rewardlab.models.logprobs import completion_hidden
 from rewardlab.objectives import policy_gradient as pg
+from rewardlab.ops import aggregation_weight
 from rewardlab.pipelines import sft
 from rewardlab.pipelines.rl_aux import AUXILIARIES, Auxiliary, AuxSetup, build_auxiliaries
 from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, self_certainty
@@ -204,7 +205,9 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       schedule, rl_source(collector, policy, policy_part, config.seed, rc.epochs, rc.minibatch_size,
                                           ppo),
                       make_rl_evaluator(config.eval, rc.max_new_tokens, policy, task, mesh, policy_part, auxiliaries),
-                      merge=merge, updates_per_step=updates_per_step, plot_panels=RL_PANELS,
+                      merge=merge, updates_per_step=updates_per_step,
+                      loss_weight=lambda b: aggregation_weight(b.completion_mask, settings["aggregation"]),
+                      plot_panels=RL_PANELS,
                       shown={"reward": "reward", "kl": "kl_ref"}, name="rl")
   summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
   summary["sft_warmup_accuracy"] = None if warm is None else warm[1]

@@ -18,6 +18,7 @@ from rewardlab.data import SequenceBatch, Task, make_task, sft_batch
 from rewardlab.eval import exact_match
 from rewardlab.models.logprobs import sequence_logprobs
 from rewardlab.objectives import OBJECTIVES
+from rewardlab.ops import aggregation_weight
 from rewardlab.rewards.judge import judge_examples, make_judge
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
@@ -37,6 +38,12 @@ def make_sft_loss_fn(objective_cfg, chunk_size: int = 4096):
     logps = sequence_logprobs(model, batch.tokens, batch.valid, chunk_size)
     return objective(logps, batch.loss_mask[:, 1:], **kwargs)
   return loss_fn
+
+
+def sft_loss_weight(objective_cfg):
+  """A micro-batch's share of the SFT loss's denominator (its aggregation's tokens or rows)."""
+  mode = objective_cfg.get("aggregation", "token_mean")
+  return lambda batch: aggregation_weight(batch.loss_mask[:, 1:], mode)
 
 
 def make_accuracy_evaluator(eval_cfg, policy: Policy, task: Task, mesh):
@@ -87,7 +94,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   batch_at = sft_batches(task, policy.tokenizer, config.seed, dc.batch_size, dc.seq_len, judge, n_judge)
   pipeline = Pipeline(policy.graphdef, state, make_sft_loss_fn(config.objective, config.train.logprob_chunk),
                       optimizer, schedule, offline_source(batch_at),
-                      make_accuracy_evaluator(config.eval, policy, task, mesh), merge=policy.merge)
+                      make_accuracy_evaluator(config.eval, policy, task, mesh), merge=policy.merge,
+                      loss_weight=sft_loss_weight(config.objective))
   summary = fit(pipeline, mesh, LoopSettings.from_config(config.train), workdir, stop_at_step)
   if config.get("export_hf"):
     final = summary["state"]

@@ -50,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, log_every=10, eval_every=250, checkpoint_every=500, keep_checkpoints=2,
-      progress=True, tensorboard=True, logprob_chunk=4096))
+      progress=True, tensorboard=True, logprob_chunk=4096,
+      micro_batches=1))  # gradient accumulation: each update's batch in this many micro-batches
   c.eval = ml_collections.ConfigDict(dict(num_problems=256, batch_size=128, max_prompt_len=10,
                                           max_new_tokens=6, seed=1234))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -113,6 +114,8 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   n_batch = math.prod(shape[a] for a in BATCH_AXES)
+  micro = config.train.get("micro_batches", 1)
+  _check(micro >= 1, "train.micro_batches", f"{micro} must be >= 1")
   if config.pipeline == "rl":
     _validate_rl(config, model, n_batch)
   if config.pipeline == "rm":
@@ -123,6 +126,10 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
     section, name = field.split(".")
     _check(config[section][name] % n_batch == 0, field,
            f"{config[section][name]} is not divisible by mesh data x fsdp = {n_batch}")
+  if config.pipeline != "rl":   # each micro-batch spreads over every batch shard
+    _check(config.data.batch_size % (micro * n_batch) == 0, "train.micro_batches",
+           f"data.batch_size={config.data.batch_size} is not divisible by micro_batches x mesh data x fsdp "
+           f"= {micro} x {n_batch}")
 
 
 def _validate_rl(config, model, n_batch: int):
@@ -137,6 +144,10 @@ def _validate_rl(config, model, n_batch: int):
          f"{rc.minibatch_size} does not divide num_prompts x group_size = {rows}")
   _check(rc.minibatch_size % n_batch == 0, "rl.minibatch_size",
          f"{rc.minibatch_size} is not divisible by mesh data x fsdp = {n_batch}")
+  micro = config.train.get("micro_batches", 1)
+  _check(rc.minibatch_size % (micro * n_batch) == 0, "train.micro_batches",
+         f"rl.minibatch_size={rc.minibatch_size} is not divisible by micro_batches x mesh data x fsdp "
+         f"= {micro} x {n_batch}")
   _check(rows % n_batch == 0 and rc.num_prompts % n_batch == 0, "rl.num_prompts",
          f"{rc.num_prompts} prompts are not divisible by mesh data x fsdp = {n_batch}")
   total = config.eval.max_prompt_len + rc.max_new_tokens

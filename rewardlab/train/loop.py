@@ -69,6 +69,7 @@ class LoopSettings:
   keep_checkpoints: int = 2
   progress: bool = True
   tensorboard: bool = True
+  micro_batches: int = 1       # gradient accumulation: each update's batch in this many pieces
 
   @classmethod
   def from_config(cls, train, **overrides) -> "LoopSettings":
@@ -82,7 +83,8 @@ class Pipeline:
 
   loss_fn(model, batch, rng) -> (loss, metrics), the model built from `graphdef` and
   `merge(state.params, state.frozen)` (or state.params alone); `updates_per_step`: how many
-  batches each source step returns (the checkpointed state counts updates).
+  batches each source step returns (the checkpointed state counts updates); `loss_weight`:
+  a micro-batch's share of the loss (`train.step.make_update_step`).
   """
   graphdef: Any
   state: TrainState
@@ -93,6 +95,7 @@ class Pipeline:
   evaluate: Evaluator | None = None
   merge: MergeFn | None = None
   updates_per_step: int = 1
+  loss_weight: Callable[[Any], Any] | None = None
   plot_panels: tuple = (("train", "loss"), ("eval", "accuracy"))
   shown: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"loss": "loss"})  # bar label -> metric
   name: str = "train"
@@ -133,7 +136,8 @@ def fit(pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str,
   writer.truncate_after(start if restored else -1)
   step_fn = make_update_step(pipeline.graphdef, pipeline.loss_fn, pipeline.optimizer,
                              pipeline.schedule, shardings_of(state), batch_sharding(mesh),
-                             merge=pipeline.merge)
+                             merge=pipeline.merge, micro_batches=settings.micro_batches,
+                             loss_weight=pipeline.loss_weight)
   progress = Progress(settings.steps, initial=start, enabled=settings.progress, desc=pipeline.name)
   evals, last, tokens, t0 = [], {}, 0, time.perf_counter()
 

@@ -3,14 +3,24 @@
 
 `loss_fn(model, batch, rng) -> (loss, metrics)` is the only pipeline-specific piece: it runs
 the model to get arrays (log-probs, head outputs) and hands them to a pure objective.
+
+Gradient accumulation (`micro_batches` > 1) scans over micro-batches inside the one jitted
+step. A loss is a mean over some unit (tokens, sequences, pairs), so the micro-batch
+losses are combined weighted by each one's share of that unit (`loss_weight`, default: all
+micro-batches equal); the update then equals the whole batch's for every loss that is a
+single mean over its units (token_mean / seq_mean / constant_sum aggregation, DPO-family
+means over pairs, PPO's policy + value loss over the same tokens). Batch-level statistics
+inside a loss (KTO's reference point z, advantage whitening) are per micro-batch.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rewardlab.train.state import TrainState
 
@@ -30,14 +40,62 @@ def make_loss_and_grad(graphdef, loss_fn: LossFn, merge: MergeFn | None = None):
   return jax.value_and_grad(loss_of, has_aux=True)
 
 
+def micro_split(batch, m: int):
+  """[B, ...] leaves -> [m, B/m, ...]; micro-batch k takes rows k, k+m, k+2m, ..., so a batch
+  sharded in contiguous row blocks keeps every micro-batch spread over all its shards. Pair
+  batches (chosen rows [0, P), rejected rows [P, 2P), per-pair leaves [P]) stay pair batches
+  when m divides P: micro-batch k holds pairs k, k+m, ..., chosen then rejected, with their
+  per-pair fields in the same order."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1), batch)
+
+
+def accumulated_loss_and_grad(grad_fn, micro_batches: int,
+                              loss_weight: Callable[[Any], jax.Array] | None = None, micro_sharding=None):
+  """grad_fn's ((loss, metrics), grads) over the batch as `micro_batches` micro-batches in a
+  scan, each weighted by loss_weight(micro-batch) / the total (equal weights without it)."""
+  def run(params, frozen, batch, rng):
+    micro = micro_split(batch, micro_batches)
+    if micro_sharding is not None:
+      micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+    def one(mb, k):
+      (loss, metrics), grads = grad_fn(params, frozen, mb, jax.random.fold_in(rng, k))
+      metrics = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
+      w = jnp.float32(1.0) if loss_weight is None else jnp.asarray(loss_weight(mb), jnp.float32)
+      return w, (loss, metrics, grads)
+
+    def body(carry, xs):
+      total, acc = carry
+      w, out = one(*xs)
+      return (total + w, jax.tree.map(lambda a, x: a + w * x.astype(a.dtype), acc, out)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(lambda: one(first, 0)[1])
+    # accumulate in f32 whatever the gradients' dtype (bf16 sums of many terms drift)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), shapes)
+    (total, acc), _ = jax.lax.scan(body, (jnp.float32(0.0), zeros), (micro, jnp.arange(micro_batches)))
+    loss, metrics, grads = jax.tree.map(lambda a, s: (a / total).astype(s.dtype), acc, shapes)
+    return (loss, metrics), grads
+  return run
+
+
 def make_update_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                      schedule: optax.Schedule | None, state_shardings, batch_shardings,
-                     donate: bool = True, merge: MergeFn | None = None):
+                     donate: bool = True, merge: MergeFn | None = None, micro_batches: int = 1,
+                     loss_weight: Callable[[Any], jax.Array] | None = None):
   """Returns jitted step(state, batch) -> (state, metrics) with explicit shardings.
 
   `merge(params, frozen)` builds the model's parameters (e.g. LoRA: base + adapters);
-  gradients and optimizer state exist for `state.params` only."""
+  gradients and optimizer state exist for `state.params` only. `micro_batches` > 1
+  accumulates gradients over that many micro-batches of the batch (`micro_split`);
+  `loss_weight(micro_batch)`: its share of the loss's denominator, e.g. its loss tokens for a
+  token-mean loss (default: equal shares)."""
   grad_fn = make_loss_and_grad(graphdef, loss_fn, merge)
+  if micro_batches > 1:
+    micro_sharding = None
+    if isinstance(batch_shardings, NamedSharding):
+      micro_sharding = NamedSharding(batch_shardings.mesh, P(None, *batch_shardings.spec))
+    grad_fn = accumulated_loss_and_grad(grad_fn, micro_batches, loss_weight, micro_sharding)
 
   def step(state: TrainState, batch):
     rng, step_rng = jax.random.split(state.rng)
