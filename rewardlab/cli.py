@@ -17,6 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: config.
 
 
 def main(argv):
+  from rewardlab.errors import CheckpointError, NonFiniteError
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
   from rewardlab.train import ConfigError, validate
@@ -34,7 +35,14 @@ def main(argv):
     print(f"rewardlab: bad config: {e}", file=sys.stderr)
     sys.exit(2)
   workdir = _WORKDIR.value or config.workdir
-  summary = PIPELINES[config.pipeline](config, workdir)
+  try:
+    summary = PIPELINES[config.pipeline](config, workdir)
+  except NonFiniteError as e:
+    print(f"rewardlab: stopped: {e}", file=sys.stderr)
+    sys.exit(3)
+  except CheckpointError as e:
+    print(f"rewardlab: stopped: {e}", file=sys.stderr)
+    sys.exit(4)
   final = summary["evals"][-1] if summary["evals"] else summary["train"]
   print(f"done in {summary['wall_s']:.1f}s; final: "
         + " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))

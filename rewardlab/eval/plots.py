@@ -16,7 +16,7 @@ def plot_curves(records: Sequence[dict], path: str, panels: Sequence[tuple[str, 
     return None
   fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
   for ax, (split, key) in zip(axes[0], present):
-    pts = [(r["step"], r[key]) for r in records if r["split"] == split and key in r]
+    pts = [(r["step"], r[key]) for r in records if r["split"] == split and r.get(key) is not None]
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if split == "eval" else None,
             markersize=3)
     ax.set_title(f"{split}/{key}")

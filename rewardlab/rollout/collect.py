@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import PromptBatch, Task, prompt_batch
+from rewardlab.errors import NonFiniteError
 from rewardlab.models.logprobs import completion_hidden, completion_logprobs
 from rewardlab.objectives import policy_gradient as pg
 from rewardlab.rewards import exact_answer
@@ -138,6 +139,7 @@ class RolloutCollector:
     if rs.overlong_buffer:
       rewards = rewards + np.asarray(pg.overlong_penalty(out.lengths, rs.max_new_tokens, rs.overlong_buffer,
                                                          rs.overlong_penalty))
+    check_finite(rewards, components)
     pg.check_rewards(rewards, rs.group_size, need_groups=rs.need_groups)
     return Groups(pb, out, expanded, texts, rewards, components)
 
@@ -187,6 +189,17 @@ class RolloutCollector:
                       np.asarray(groups.components["exact_answer"], np.float32),
                       {name: make(groups) for name, make in self.examples.items()})
     return rollout, stats
+
+
+def check_finite(rewards: np.ndarray, components: Mapping[str, np.ndarray]):
+  """NonFiniteError naming each reward with a NaN / inf and its first rows."""
+  if np.all(np.isfinite(rewards)):
+    return
+  bad = {name: np.flatnonzero(~np.isfinite(v))[:5].tolist() for name, v in components.items()
+         if not np.all(np.isfinite(v))}
+  rows = np.flatnonzero(~np.isfinite(rewards))[:5].tolist()
+  raise NonFiniteError("reward is not finite at rows " + str(rows)
+                       + "".join(f"; {name} at rows {r}" for name, r in bad.items()))
 
 
 def select_groups(rounds: list[Groups], order: np.ndarray, g: int) -> Groups:

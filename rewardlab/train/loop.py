@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import optax
 
+from rewardlab.errors import CheckpointError, NonFiniteError
 from rewardlab.eval.plots import plot_curves
 from rewardlab.sharding import batch_sharding, shard_batch
 from rewardlab.train.checkpoint import Checkpointer
@@ -70,6 +71,7 @@ class LoopSettings:
   progress: bool = True
   tensorboard: bool = True
   micro_batches: int = 1       # gradient accumulation: each update's batch in this many pieces
+  skip_nonfinite_steps: int = 0   # steps with a NaN/inf loss, gradient or reward to skip before stopping
 
   @classmethod
   def from_config(cls, train, **overrides) -> "LoopSettings":
@@ -114,68 +116,153 @@ def _scalars(metrics: Mapping[str, Any]) -> dict:
 def _mean_over_updates(per_update: Sequence[Mapping[str, Any]]) -> dict:
   """Each scalar metric averaged over the step's updates (one update: its own value)."""
   per_update = [_scalars(m) for m in jax.device_get(list(per_update))]
-  return {k: np.mean([m[k] for m in per_update]) for k in per_update[0]}
+  return {k: np.mean([m[k] for m in per_update]) for k in per_update[0]} if per_update else {}
+
+
+class NonFiniteGuard:
+  """What the loop does when a loss, gradient norm or reward goes NaN / inf (the update step
+  has already refused to apply such an update): stop with a NonFiniteError naming the step,
+  what went bad and, for gradients, the first parameters; or skip up to `allowed` such steps
+  (train.skip_nonfinite_steps), counted as "nonfinite_skipped" in the train metrics."""
+
+  def __init__(self, allowed: int, skipped: int, params):
+    self.allowed, self.skipped, self._params = allowed, skipped, params
+
+  def check_updates(self, step: int, per_update) -> bool:
+    """True (skip) or raise when one of the step's updates was not finite; False when all were."""
+    flags = jax.device_get([(m["nonfinite_update"], m["loss"], m["grad_norm"]) for m in per_update])
+    bad = [i for i, (flag, _, _) in enumerate(flags) if flag]
+    if not bad:
+      return False
+    _, loss, grad_norm = flags[bad[0]]
+    what = " and ".join(f"{name} is {float(v)}" for name, v in (("loss", loss), ("gradient norm", grad_norm))
+                        if not np.isfinite(v))
+    leaves = np.asarray(jax.device_get(per_update[bad[0]]["nonfinite_grads"]))
+    names = [jax.tree_util.keystr(path, simple=True, separator="/")
+             for path, _ in jax.tree_util.tree_flatten_with_path(self._params)[0]]
+    first = [n for n, b in zip(names, leaves) if b][:5]
+    return self.skip_or_stop(step, f"{what} (update {bad[0] + 1} of {len(flags)})"
+                             + (f"; first parameters with non-finite gradients: {', '.join(first)}" if first else ""))
+
+  def skip_or_stop(self, step: int, what: str) -> bool:
+    if self.skipped < self.allowed:
+      self.skipped += 1
+      return True
+    raise NonFiniteError(
+        f"step {step}: {what}. The update was not applied and nothing after step {step - 1} was saved"
+        + (f" ({self.skipped} non-finite steps skipped before, the most train.skip_nonfinite_steps="
+           f"{self.allowed} allows)" if self.allowed else "; train.skip_nonfinite_steps=N skips up to N such steps"))
+
+
+def _resume(pipeline: Pipeline, ckpt: Checkpointer, writer: MetricWriter) -> tuple[TrainState, int, int]:
+  """(state, first loop step to run - 1, non-finite steps skipped so far) from the newest
+  intact checkpoint; the metrics file is trimmed to match the state: rows a dead run wrote
+  after its last checkpoint go (all of them when it died before the first, or its step-0
+  evaluation would repeat)."""
+  state, restored = ckpt.restore_latest_intact(pipeline.state)
+  start = int(state.step) // pipeline.updates_per_step
+  writer.truncate_after(start if restored is not None else -1)
+  done = read_metrics(writer.path, "train") if os.path.exists(writer.path) else []
+  return state, start, int(done[-1].get("nonfinite_skipped", 0)) if done else 0
+
+
+class _Run:
+  """One call of `fit`: its writer, checkpointer, progress display, guard and state."""
+
+  def __init__(self, pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str):
+    self.pipeline, self.mesh, self.settings, self.workdir = pipeline, mesh, settings, workdir
+    self.writer = MetricWriter(workdir, tensorboard=settings.tensorboard)
+    self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
+                             settings.keep_checkpoints)
+    self.state, self.start, skipped = _resume(pipeline, self.ckpt, self.writer)
+    self.step_fn = make_update_step(pipeline.graphdef, pipeline.loss_fn, pipeline.optimizer,
+                                    pipeline.schedule, shardings_of(self.state), batch_sharding(mesh),
+                                    merge=pipeline.merge, micro_batches=settings.micro_batches,
+                                    loss_weight=pipeline.loss_weight)
+    self.guard = NonFiniteGuard(settings.skip_nonfinite_steps, skipped, self.state.params)
+    self.progress = Progress(settings.steps, initial=self.start, enabled=settings.progress, desc=pipeline.name)
+    self.evals, self.last, self.tokens = [], {}, 0
+
+  def evaluate(self, step: int):
+    result = dict(self.pipeline.evaluate(self.state))
+    examples = result.pop("examples", [])
+    self.evals.append(self.writer.write(step, _scalars(result), split="eval"))
+    self.progress.write(f"step {step} eval " + " ".join(f"{k}={v:.4g}" for k, v in _scalars(result).items()))
+    for line in examples:
+      self.progress.write("   " + line)
+
+  def train_step(self, step: int) -> tuple[StepInputs, list]:
+    """Runs step's updates; none when the source's data was not finite (skipped or raised)."""
+    try:
+      self.state, inputs = self.pipeline.source(step - 1, self.state)
+    except NonFiniteError as e:
+      self.guard.skip_or_stop(step, str(e))
+      self.state = self.state.replace(step=self.state.step + self.pipeline.updates_per_step)
+      return StepInputs([]), []
+    per_update = []
+    for batch in inputs.batches:
+      self.state, metrics = self.step_fn(self.state, shard_batch(batch, self.mesh))
+      per_update.append(metrics)
+    self.guard.check_updates(step, per_update)
+    return inputs, per_update
+
+  def log(self, step: int, inputs: StepInputs, per_update: list):
+    for split, record in inputs.records.items():
+      self.writer.write(step, record, split=split)
+    self.tokens += inputs.tokens
+    every = self.settings.log_every
+    if step % every and step != self.settings.steps:
+      return
+    metrics = dict(_mean_over_updates(per_update), **inputs.stats)
+    if self.settings.skip_nonfinite_steps:
+      metrics["nonfinite_skipped"] = self.guard.skipped
+    shown = {label: float(metrics.get(key, np.nan)) for label, key in self.pipeline.shown.items()}
+    rate = self.progress.update(every if step % every == 0 else step % every, self.tokens, **shown)
+    self.tokens = 0
+    self.last = self.writer.write(step, dict(metrics, tokens_per_s=rate))
+
+  def run(self, stop_at_step: int | None):
+    s = self.settings
+    evaluating = self.pipeline.evaluate is not None and s.eval_every > 0
+    if evaluating and self.start == 0:
+      self.evaluate(0)
+    for step in range(self.start + 1, s.steps + 1):
+      self.log(step, *self.train_step(step))
+      if evaluating and (step % s.eval_every == 0 or step == s.steps):
+        self.evaluate(step)
+      self.ckpt.maybe_save(step, self.state, force=(step == s.steps))
+      if stop_at_step is not None and step >= stop_at_step:
+        break
+
+  def close(self, quiet: bool = False):
+    """quiet: a failed last save is not raised (another error is already on its way)."""
+    self.progress.close()
+    self.writer.close()
+    try:
+      self.ckpt.close()
+    except CheckpointError:
+      if not quiet:
+        raise
 
 
 def fit(pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str,
         stop_at_step: int | None = None) -> dict:
-  """Runs loop steps until settings.steps, resuming from the latest checkpoint in workdir.
-  `stop_at_step` simulates an interruption after that step.
+  """Runs loop steps until settings.steps, resuming from the newest intact checkpoint in
+  workdir. `stop_at_step` simulates an interruption after that step. Raises NonFiniteError
+  at a non-finite loss / gradient / reward (see NonFiniteGuard), CheckpointError when a
+  checkpoint cannot be written.
 
   Returns {"state", "train": last train record, "evals": eval records, "wall_s", "records"}.
   """
-  writer = MetricWriter(workdir, tensorboard=settings.tensorboard)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
-                      settings.keep_checkpoints)
-  state, restored = pipeline.state, ckpt.latest_step() is not None
-  if restored:
-    state = ckpt.restore(state)
-  start = int(state.step) // pipeline.updates_per_step
-  # the metrics file matches the state: rows a dead run wrote after its last checkpoint go
-  # (all of them when it died before the first, or its step-0 evaluation would repeat)
-  writer.truncate_after(start if restored else -1)
-  step_fn = make_update_step(pipeline.graphdef, pipeline.loss_fn, pipeline.optimizer,
-                             pipeline.schedule, shardings_of(state), batch_sharding(mesh),
-                             merge=pipeline.merge, micro_batches=settings.micro_batches,
-                             loss_weight=pipeline.loss_weight)
-  progress = Progress(settings.steps, initial=start, enabled=settings.progress, desc=pipeline.name)
-  evals, last, tokens, t0 = [], {}, 0, time.perf_counter()
-
-  def run_eval(step):
-    result = dict(pipeline.evaluate(state))
-    examples = result.pop("examples", [])
-    evals.append(writer.write(step, _scalars(result), split="eval"))
-    progress.write(f"step {step} eval " + " ".join(f"{k}={v:.4g}" for k, v in _scalars(result).items()))
-    for line in examples:
-      progress.write("   " + line)
-
-  evaluating = pipeline.evaluate is not None and settings.eval_every > 0
-  if evaluating and start == 0:
-    run_eval(0)
-  for step in range(start + 1, settings.steps + 1):
-    state, inputs = pipeline.source(step - 1, state)
-    for split, record in inputs.records.items():
-      writer.write(step, record, split=split)
-    tokens += inputs.tokens
-    per_update = []
-    for batch in inputs.batches:
-      state, metrics = step_fn(state, shard_batch(batch, mesh))
-      per_update.append(metrics)
-    if step % settings.log_every == 0 or step == settings.steps:
-      metrics = dict(_mean_over_updates(per_update), **inputs.stats)
-      rate = progress.update(settings.log_every if step % settings.log_every == 0 else step % settings.log_every,
-                             tokens, **{label: float(metrics[key]) for label, key in pipeline.shown.items()})
-      tokens = 0
-      last = writer.write(step, dict(metrics, tokens_per_s=rate))
-    if evaluating and (step % settings.eval_every == 0 or step == settings.steps):
-      run_eval(step)
-    ckpt.maybe_save(step, state, force=(step == settings.steps))
-    if stop_at_step is not None and step >= stop_at_step:
-      break
-  progress.close()
-  ckpt.close()
-  writer.close()
+  t0 = time.perf_counter()
+  run = _Run(pipeline, mesh, settings, workdir)
+  try:
+    run.run(stop_at_step)
+  except BaseException:
+    run.close(quiet=True)   # the error that stopped the run is the one to report
+    raise
+  run.close()
   records = read_metrics(workdir)
   plot_curves(records, os.path.join(workdir, "curves.png"), pipeline.plot_panels)
-  return {"state": state, "train": last, "evals": evals, "wall_s": time.perf_counter() - t0,
+  return {"state": run.state, "train": run.last, "evals": run.evals, "wall_s": time.perf_counter() - t0,
           "records": records}

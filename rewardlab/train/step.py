@@ -79,6 +79,11 @@ def accumulated_loss_and_grad(grad_fn, micro_batches: int,
   return run
 
 
+def nonfinite_leaves(grads) -> jax.Array:
+  """[n_leaves] bool: which gradient leaves (in jax.tree.leaves order) hold a NaN / inf."""
+  return jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+
+
 def make_update_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                      schedule: optax.Schedule | None, state_shardings, batch_shardings,
                      donate: bool = True, merge: MergeFn | None = None, micro_batches: int = 1,
@@ -89,7 +94,11 @@ def make_update_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransfo
   gradients and optimizer state exist for `state.params` only. `micro_batches` > 1
   accumulates gradients over that many micro-batches of the batch (`micro_split`);
   `loss_weight(micro_batch)`: its share of the loss's denominator, e.g. its loss tokens for a
-  token-mean loss (default: equal shares)."""
+  token-mean loss (default: equal shares).
+
+  An update whose loss or gradient norm is not finite is not applied (params and optimizer
+  state stay as they were; the step counter and PRNG key advance); metrics["nonfinite_update"] is 1
+  for it, and "nonfinite_grads" flags the gradient leaves that went bad."""
   grad_fn = make_loss_and_grad(graphdef, loss_fn, merge)
   if micro_batches > 1:
     micro_sharding = None
@@ -102,7 +111,14 @@ def make_update_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransfo
     (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    n_leaves = len(jax.tree.leaves(grads))   # which leaves went bad: only computed when one did
+    bad_leaves = jax.lax.cond(ok, lambda: jnp.zeros(n_leaves, bool), lambda: nonfinite_leaves(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite_update=(~ok).astype(jnp.float32),
+                   nonfinite_grads=bad_leaves)
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
