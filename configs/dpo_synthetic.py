@@ -8,7 +8,10 @@ Other objectives on the same data and budget:
 Hyperparameters: --config.objective.beta=0.2 --config.objective.label_smoothing=0.1 ...
 TGDPO reads per-token rewards: the synthetic data's gold digit rewards, or
   chosen_token_rewards / rejected_token_rewards lists in your rows (one per completion token + EOS).
-Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  ({"prompt", "chosen", "rejected"} rows)
+Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  (TRL's preference rows: {"prompt",
+               "chosen", "rejected"} strings or {"role", "content"} message lists, prompt optional)
+KTO on unpaired rows: --config.objective.name=kto --config.data.unpaired_path=rows.jsonl
+               ({"prompt", "completion", "label": true|false} rows)
                --config.data.on_bad_pair=skip  counts bad rows (chosen == rejected, empty,
                too long for data.seq_len) instead of stopping at the first
 """
@@ -29,6 +32,7 @@ def get_config(variant: str = "", objective: str = "dpo"):
       eta=placeholder(float), token_alpha=placeholder(float)))
   c.data.update(num_pairs=4096, label_noise=0.0, p_answer=1.0, batch_size=64)
   c.data.pref_path = ""
+  c.data.unpaired_path = ""      # KTO only: (prompt, completion, label) rows instead of pairs
   c.data.on_bad_pair = "error"   # or "skip": count chosen==rejected / empty / too-long pairs and go on
   c.sft_warmup = ml_collections.ConfigDict(dict(steps=300, lr=2e-3))
   c.optim.update(lr=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)

@@ -134,6 +134,34 @@ def test_kto_trains_from_pairs_in_the_pipeline(tmp_path):
   assert train[0]["kl_reference_point"] == pytest.approx(0.0, abs=1e-5)   # policy == reference at step 1
 
 
+def test_kto_trains_on_unpaired_rows_with_cached_reference_and_kl_partners(tmp_path):
+  """data.unpaired_path: TRL's unpaired rows (standard and conversational) train KTO; the
+  reference's log-probs of each row and of its KL partner are cached once, so at step 1
+  (policy == reference) the implicit rewards and the reference point z are 0."""
+  rows = []
+  for i, p in enumerate(synthetic_pairs(make_task("addition"), np.random.default_rng(3), 12)):
+    rows.append({"prompt": p.prompt, "completion": p.chosen, "label": True})
+    rows.append({"prompt": [{"role": "user", "content": p.prompt}],
+                 "completion": [{"role": "assistant", "content": p.rejected}], "label": False})
+  path = tmp_path / "unpaired.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = _micro("kto")
+  config.data.unpaired_path = str(path)
+  config.data.seq_len = 32
+  validate(config, OBJECTIVES, PIPELINES, n_devices=1)
+  out = preference.run(config, str(tmp_path / "run"))
+  train = [r for r in out["records"] if r["split"] == "train"]
+  assert out["num_pairs"] == 24 and len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
+  first = train[0]
+  assert first["kl_reference_point"] == pytest.approx(0.0, abs=1e-5)
+  assert first["reward_chosen"] == pytest.approx(0.0, abs=1e-5) and first["ref_forward_passes"] == 1.0
+  assert first["loss"] == pytest.approx(0.5, abs=1e-5)          # 1 - sigmoid(0) for every row
+  assert train[-1]["reward_margin"] > 0                          # desirable rows pulled above undesirable
+  config.objective.name = "dpo"
+  with pytest.raises(Exception, match="data.unpaired_path: unpaired rows train KTO only"):
+    validate(config, OBJECTIVES, PIPELINES, n_devices=1)
+
+
 def test_sppo_trains_from_pairs_in_the_pipeline(tmp_path):
   sppo = preference.run(_micro("sppo"), str(tmp_path / "sppo"))
   train = [r for r in sppo["records"] if r["split"] == "train"]

@@ -162,17 +162,19 @@ def load_preferences(path: str, skipped: dict | None = None, tokenizer=None) -> 
   return load_rows(path, lambda row, where: pair_from_row(row, where, chat), skipped, "preference")
 
 
-def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None) -> list[PreferencePair]:
-  """Pairs whose `BOS prompt completion EOS` fits seq_len for both completions; the others
-  raise ValueError naming the pair, or are counted in `skipped["too_long"]`."""
+def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None,
+                  completions=lambda p: (p.chosen, p.rejected), what: str = "preference pair") -> list:
+  """Rows whose `BOS prompt completion EOS` fits seq_len for each of their completions (a
+  pair's chosen and rejected by default); the others raise ValueError naming the row, or are
+  counted in `skipped["too_long"]`."""
   kept = []
   for i, p in enumerate(pairs):
     n = len(tokenizer.encode(p.prompt, bos=True)) + max(
-        len(tokenizer.encode(c, eos=True)) for c in (p.chosen, p.rejected))
+        len(tokenizer.encode(c, eos=True)) for c in completions(p))
     if n <= seq_len:
       kept.append(p)
     elif skipped is None:
-      raise ValueError(f"preference pair {i} ({p.prompt[:30]!r}...) needs {n} tokens, over "
+      raise ValueError(f"{what} {i} ({p.prompt[:30]!r}...) needs {n} tokens, over "
                        f"data.seq_len={seq_len}")
     else:
       skipped["too_long"] = skipped.get("too_long", 0) + 1
@@ -301,14 +303,16 @@ class UnpairedBatch(NamedTuple):
 
 
 def unpaired_batch(examples: Sequence, tokenizer, seq_len: int, ref_logps: np.ndarray | None = None,
-                   kl_ref_logps: np.ndarray | None = None) -> UnpairedBatch:
-  """Encodes UnpairedExamples and their mismatched KL pairs (see UnpairedBatch)."""
+                   kl_ref_logps: np.ndarray | None = None, kl_completions: Sequence[str] | None = None) -> UnpairedBatch:
+  """Encodes UnpairedExamples and their mismatched KL pairs (see UnpairedBatch): prompt i with
+  `kl_completions[i]`, by default the previous example's completion."""
   from rewardlab.data.batching import sft_batch
-  if len(examples) < 2:
-    raise ValueError("unpaired_batch: KTO's mismatched KL pairs need at least 2 examples per batch")
+  if kl_completions is None:
+    if len(examples) < 2:
+      raise ValueError("unpaired_batch: KTO's mismatched KL pairs need at least 2 examples per batch")
+    kl_completions = [examples[i - 1].completion for i in range(len(examples))]
   b = sft_batch([Problem(e.prompt, e.completion) for e in examples], tokenizer, seq_len)
-  kl = sft_batch([Problem(e.prompt, examples[i - 1].completion) for i, e in enumerate(examples)],
-                 tokenizer, seq_len)
+  kl = sft_batch([Problem(e.prompt, c) for e, c in zip(examples, kl_completions)], tokenizer, seq_len)
   zeros = np.zeros((len(examples),), np.float32)
   return UnpairedBatch(b.tokens, b.valid, b.loss_mask, np.array([e.label for e in examples], bool),
                        kl.tokens, kl.valid, kl.loss_mask,

@@ -30,10 +30,10 @@ from rewardlab.pipelines.preference import GOLD_PANELS, make_gold_evaluator, mak
 from rewardlab.rewards.judge import make_judge
 from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, fit, write_config
+from rewardlab.sharding import shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run, fit
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import Policy, PolicySpec, build_policy
+from rewardlab.train.policy import Policy
 from rewardlab.train.state import TrainState, create_train_state
 
 
@@ -199,21 +199,15 @@ class RoundSource:
 
 
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  workdir = workdir or config.workdir
-  write_config(config, workdir)
-  mesh = make_mesh(dict(config.mesh))
+  workdir, mesh = begin_run(config, workdir)
   dc, tc, oc = config.data, config.train, config.online
   rs = RoundSettings.from_config(config)
   if tc.steps % rs.steps_per_round:
     raise ValueError(f"config.train.steps={tc.steps} is not a whole number of rounds of "
                      f"online.steps_per_round={rs.steps_per_round}")
   task = make_task(dc.task, **dc.task_kwargs)
-  warm = sft.warm_start(config, workdir)
-  policy = build_policy(PolicySpec.from_config(config), mesh)
-  if warm is not None:
-    policy.params = warm[0]
+  policy, initial, _ = sft.warm_policy(config, workdir, mesh)
   tok = policy.tokenizer
-  initial = jax.tree.map(jnp.copy, policy.full_params())
   optimizer, schedule = make_optimizer(config.optim, tc.steps)
   frozen = {"base": policy.frozen}
   if rs.cream:   # the previous round's starting model (a placeholder until round 1)

@@ -1,6 +1,8 @@
 """Offline preference optimization (DPO family) on the shared update step and loop.
 
-The dataset is a fixed list of pairs (synthetic gold-labelled pairs, or a JSONL file).
+The dataset is a fixed list of pairs (synthetic gold-labelled pairs, or a JSONL / Parquet
+file in TRL's standard or conversational format), or, for KTO, unpaired rows
+(`data.unpaired_path`: prompt, completion, label).
 The frozen reference's summed log-probs of every chosen/rejected completion are computed
 once, before training, and cached on the host (`ref_forward_passes` = 1 in the metrics);
 reference-free objectives (SimPO, ORPO) skip that pass. Evaluation compares greedy
@@ -15,20 +17,21 @@ from flax import nnx
 
 from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.batching import epoch_batch_indices
-from rewardlab.data.preference import (PairBatch, drop_too_long, gold_reward, load_preferences, pair_batch,
+from rewardlab.data.formats import load_unpaired
+from rewardlab.data.preference import (PairBatch, PreferencePair, UnpairedBatch, drop_too_long, gold_reward,
+                                       load_preferences, pair_batch, unpaired_batch,
                                        synthetic_pairs)
 from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.pipelines import sft
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.sharding import shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import PolicySpec, build_policy
 from rewardlab.train.state import create_train_state
 
-HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha")
+HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha", "lambda_d", "lambda_u")
 TOKEN_LEVEL = ("tgdpo",)   # objectives that need per-token rewards and reference log-probs
 
 
@@ -104,12 +107,52 @@ def load_pairs(data_cfg, seed: int, task: Task, tokenizer, token_rewards: bool =
   dc = data_cfg
   skip = skipped if dc.get("on_bad_pair", "error") == "skip" else None
   if dc.get("pref_path"):
-    pairs = load_preferences(dc.pref_path, skip)
+    pairs = load_preferences(dc.pref_path, skip, tokenizer=tokenizer)
   else:
     pairs = synthetic_pairs(task, np.random.default_rng([seed, 99]), dc.num_pairs,
                             label_noise=dc.label_noise, p_answer=dc.p_answer,
                             token_rewards=token_rewards)
   return drop_too_long(pairs, tokenizer, dc.seq_len, skip)
+
+
+def kl_partners(examples, tokenizer, seq_len: int) -> list[PreferencePair]:
+  """KTO on unpaired rows: each example as a pair (prompt j, its completion, a mismatched
+  completion) whose second row feeds KTO's KL reference point z. The partner is the nearest
+  earlier example (dataset order, cyclic) whose completion fits after prompt j, so it is fixed
+  and its reference log-prob is cached once like the example's own."""
+  fits = lambda prompt, completion: (len(tokenizer.encode(prompt, bos=True))  # noqa: E731
+                                     + len(tokenizer.encode(completion, eos=True)) <= seq_len)
+  pairs = []
+  for j, e in enumerate(examples):
+    partner = next((examples[j - k].completion for k in range(1, len(examples))
+                    if fits(e.prompt, examples[j - k].completion)), None)
+    if partner is None:
+      raise ValueError(f"unpaired data: no other example's completion fits after prompt {j} ({e.prompt[:30]!r}) "
+                       f"within data.seq_len={seq_len}: KTO needs one for its KL estimate")
+    pairs.append(PreferencePair(e.prompt, e.completion, partner))
+  return pairs
+
+
+def unpaired_batches(examples, partners, ref_cache: np.ndarray, tokenizer, seq_len: int, batch_size: int, key):
+  """batch_at(i) -> UnpairedBatch of update i (reshuffled every epoch, seeded by `key`), with
+  cached reference log-probs ref_cache [n, 2] (own completion, KL partner)."""
+  def batch_at(i: int) -> UnpairedBatch:
+    idx = epoch_batch_indices(key, i, len(examples), batch_size)
+    return unpaired_batch([examples[j] for j in idx], tokenizer, seq_len, ref_cache[idx, 0], ref_cache[idx, 1],
+                          kl_completions=[partners[j].rejected for j in idx])
+  return batch_at
+
+
+def make_unpaired_kto_loss_fn(objective_cfg, chunk: int):
+  """KTO on UnpairedBatches: summed completion log-probs of each row and of its KL partner."""
+  hp = {k: objective_cfg[k] for k in HYPERPARAMS if objective_cfg.get(k) is not None}
+
+  def loss_fn(model, batch: UnpairedBatch, rng):
+    del rng
+    logp, _ = summed_logprobs(model, batch.tokens, batch.valid, batch.loss_mask, chunk)
+    kl_logp, _ = summed_logprobs(model, batch.kl_tokens, batch.kl_valid, batch.kl_loss_mask, chunk)
+    return kto_loss(logp, batch.ref_logps, batch.desirable, kl_logp=kl_logp, kl_ref=batch.kl_ref_logps, **hp)
+  return loss_fn
 
 
 def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk,
@@ -194,24 +237,31 @@ GOLD_PANELS = (("train", "loss"), ("train", "reward_margin"), ("eval", "gold_rew
                ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref"))
 
 
+def load_unpaired_examples(data_cfg, tokenizer, skipped: dict):
+  """(examples, their KL partners as pairs) from data.unpaired_path; bad or over-long rows
+  raise, or are counted in `skipped` with data.on_bad_pair="skip"."""
+  skip = skipped if data_cfg.get("on_bad_pair", "error") == "skip" else None
+  examples = drop_too_long(load_unpaired(data_cfg.unpaired_path, skip, tokenizer=tokenizer), tokenizer,
+                           data_cfg.seq_len, skip, completions=lambda e: (e.completion,), what="unpaired row")
+  return examples, kl_partners(examples, tokenizer, data_cfg.seq_len)
+
+
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  workdir = workdir or config.workdir
-  write_config(config, workdir)
-  mesh = make_mesh(dict(config.mesh))
+  workdir, mesh = begin_run(config, workdir)
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
-  warm = sft.warm_start(config, workdir)
-  policy = build_policy(PolicySpec.from_config(config), mesh)
-  if warm is not None:
-    policy.params = warm[0]
-  ref = jax.tree.map(jnp.copy, policy.full_params())  # the frozen reference (own buffers)
+  policy, ref, _ = sft.warm_policy(config, workdir, mesh)
   token_level = config.objective.name in TOKEN_LEVEL
-  skipped = {}
-  pairs = load_pairs(dc, config.seed, task, policy.tokenizer, token_level, skipped)
+  unpaired, skipped = bool(dc.get("unpaired_path")), {}
+  if unpaired:   # KTO on (prompt, completion, label) rows; "pairs" are (row, KL partner)
+    examples, pairs = load_unpaired_examples(dc, policy.tokenizer, skipped)
+  else:
+    pairs = load_pairs(dc, config.seed, task, policy.tokenizer, token_level, skipped)
   if skipped:
     print(f"preference data: skipped {skipped}", flush=True)
   if len(pairs) < dc.batch_size:
-    raise ValueError(f"preference data: {len(pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
+    raise ValueError(f"preference data: {len(pairs)} {'rows' if unpaired else 'pairs'}, fewer than "
+                     f"data.batch_size={dc.batch_size}")
   if config.objective.name in REFERENCE_FREE:
     ref_cache, passes = np.zeros((len(pairs), 2), np.float32), 0
   else:
@@ -222,14 +272,19 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   state = create_train_state(policy.params, optimizer, mesh, config.seed,
                              frozen={"base": policy.frozen})
   merge = None if policy.merge is None else (lambda p, f: policy.merge(p, f["base"]))
-  loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
+  if unpaired:
+    loss_fn = make_unpaired_kto_loss_fn(config.objective, tc.logprob_chunk)
+    batch_at = unpaired_batches(examples, pairs, ref_cache, policy.tokenizer, dc.seq_len, dc.batch_size,
+                                [config.seed])
+  else:
+    loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
+    batch_at = pair_batches(pairs, ref_cache, policy.tokenizer, dc.seq_len, dc.batch_size, [config.seed],
+                            token_level)
 
   def with_cache_metric(model, batch, rng):
     loss, metrics = loss_fn(model, batch, rng)
     return loss, dict(metrics, ref_forward_passes=jnp.float32(passes))
 
-  batch_at = pair_batches(pairs, ref_cache, policy.tokenizer, dc.seq_len, dc.batch_size, [config.seed],
-                          token_level)
   pipeline = Pipeline(policy.graphdef, state, with_cache_metric, optimizer, schedule, offline_source(batch_at),
                       make_gold_evaluator(config.eval, task, policy, ref, mesh), merge=merge,
                       plot_panels=GOLD_PANELS)

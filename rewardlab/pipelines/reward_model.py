@@ -27,8 +27,8 @@ from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs
 from rewardlab.objectives import reward_model as rmo
 from rewardlab.pipelines import sft
-from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.sharding import shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import LoraSpec, PolicySpec, init_adapters, load_trunk, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
@@ -128,17 +128,18 @@ def check_step_labels(batch: RMBatch, sep_id: int, where: str):
     raise ValueError(f"{where}: response {i} has {seps[i]} step separators but {labels[i]} step labels")
 
 
-def load_pair_sets(data_cfg, seed: int, task: Task, steps: bool = False):
+def load_pair_sets(data_cfg, seed: int, task: Task, steps: bool = False, tokenizer=None):
   """(train pairs, eval pairs): files when configured (config.data: pref_path, eval_path), else
   synthetic train/eval splits (num_pairs, eval_pairs, label_noise, length_bias, tie_frac,
-  p_answer, p_slip, eval_length_trap); `steps`: with per-step labels (process head)."""
+  p_answer, p_slip, eval_length_trap); `steps`: with per-step labels (process head);
+  `tokenizer` renders conversational rows with its chat template."""
   dc = data_cfg
   kw = dict(label_noise=dc.label_noise, length_bias=dc.length_bias, tie_frac=dc.tie_frac,
             p_answer=dc.p_answer, steps=steps, p_slip=dc.get("p_slip", 0.5))
-  train = (load_preferences(dc.pref_path) if dc.get("pref_path") else
+  train = (load_preferences(dc.pref_path, tokenizer=tokenizer) if dc.get("pref_path") else
            synthetic_rm_pairs(task, np.random.default_rng([seed, 7]), dc.num_pairs, **kw))
   if dc.get("eval_path"):
-    held_out = load_preferences(dc.eval_path)
+    held_out = load_preferences(dc.eval_path, tokenizer=tokenizer)
   else:   # clean labels, best-of-4 groups, and a length-trap subset
     held_out = synthetic_rm_pairs(task, np.random.default_rng([seed, 8]), dc.eval_pairs,
                                   split="eval", p_answer=dc.p_answer, rejected_per_prompt=3,
@@ -214,9 +215,7 @@ RM_PANELS = (("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"), ("e
 
 
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  workdir = workdir or config.workdir
-  write_config(config, workdir)
-  mesh = make_mesh(dict(config.mesh))
+  workdir, mesh = begin_run(config, workdir)
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
   warm = sft.warm_start(config, workdir)
@@ -224,7 +223,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   tokenizer = spec.load_tokenizer()
   hc = head_config(config.rm, tokenizer)
   graphdef, params, model_cfg = build_reward_model(spec, hc, mesh, None if warm is None else warm[0])
-  train_pairs, eval_pairs = load_pair_sets(dc, config.seed, task, steps=hc.type == "process")
+  train_pairs, eval_pairs = load_pair_sets(dc, config.seed, task, steps=hc.type == "process", tokenizer=tokenizer)
   if len(train_pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(train_pairs)} pairs, fewer than data.batch_size={dc.batch_size}")
   optimizer, schedule = make_optimizer(config.optim, tc.steps)

@@ -10,7 +10,6 @@ starting policy (`state.frozen["ref"]`); PPO trains a value head beside the poli
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -26,10 +25,10 @@ from rewardlab.pipelines.rl_aux import AUXILIARIES, Auxiliary, AuxSetup, build_a
 from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, self_certainty
 from rewardlab.rollout import Groups, Rollout, RolloutCollector, RolloutSettings, RewardContext, build_rewards
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import make_mesh, named, param_specs, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, fit, write_config
+from rewardlab.sharding import named, param_specs, shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run, fit
 from rewardlab.train.optim import make_optimizer
-from rewardlab.train.policy import Policy, PolicySpec, build_policy
+from rewardlab.train.policy import Policy
 from rewardlab.train.state import TrainState, create_train_state
 
 
@@ -161,17 +160,11 @@ RL_PANELS = (("train", "reward"), ("eval", "accuracy"), ("train", "kl_ref"), ("t
 
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
   """stop_at_step: stop after that many RL iterations (simulated interruption)."""
-  workdir = workdir or config.workdir
-  write_config(config, workdir)
+  workdir, mesh = begin_run(config, workdir)
   rc, tc = config.rl, config.train
-  mesh = make_mesh(dict(config.mesh))
   settings = objective_settings(config.objective)
   ppo = settings["advantage"] == "gae"
-  warm = sft.warm_start(config, workdir)
-  policy = build_policy(PolicySpec.from_config(config), mesh)
-  if warm is not None:
-    policy.params = warm[0]
-  ref = jax.tree.map(jnp.copy, policy.full_params())  # frozen reference = starting policy (own buffers)
+  policy, ref, warm_accuracy = sft.warm_policy(config, workdir, mesh)   # ref: the frozen starting policy
   graphdef, trainable, merge, value_graphdef = policy.graphdef, policy.params, None, None
   if policy.merge is not None:
     merge = lambda p, f: policy.merge(p, f["base"])  # noqa: E731
@@ -210,5 +203,5 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       plot_panels=RL_PANELS,
                       shown={"reward": "reward", "kl": "kl_ref"}, name="rl")
   summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["sft_warmup_accuracy"] = None if warm is None else warm[1]
+  summary["sft_warmup_accuracy"] = warm_accuracy
   return summary

@@ -11,6 +11,7 @@ import copy
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,8 +22,8 @@ from rewardlab.objectives import OBJECTIVES
 from rewardlab.ops import aggregation_weight
 from rewardlab.rewards.judge import judge_examples, make_judge
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.sharding import shard_batch
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy, PolicySpec, build_policy, export_policy
 from rewardlab.train.state import create_train_state
@@ -80,9 +81,7 @@ def sft_batches(task: Task, tokenizer, seed: int, batch_size: int, seq_len: int,
 
 
 def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  workdir = workdir or config.workdir
-  write_config(config, workdir)
-  mesh = make_mesh(dict(config.mesh))
+  workdir, mesh = begin_run(config, workdir)
   dc = config.data
   task = make_task(dc.task, **dc.task_kwargs)
   optimizer, schedule = make_optimizer(config.optim, config.train.steps)
@@ -120,3 +119,14 @@ def warm_start(config, workdir: str):
   sft_config.lock()
   summary = run(sft_config, os.path.join(workdir, "sft_warmup"))
   return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None
+
+
+def warm_policy(config, workdir: str, mesh):
+  """The policy after the SFT warm-up (`warm_start`) and a frozen copy of its full params as
+  the reference (own buffers: the update step donates the state). -> (policy, reference
+  params, warm-up held-out accuracy or None)."""
+  warm = warm_start(config, workdir)
+  policy = build_policy(PolicySpec.from_config(config), mesh)
+  if warm is not None:
+    policy.params = warm[0]
+  return policy, jax.tree.map(jnp.copy, policy.full_params()), None if warm is None else warm[1]

@@ -123,6 +123,12 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
     _validate_rm(config)
   if config.pipeline == "online_dpo":
     _validate_online(config, model)
+  if config.data.get("unpaired_path"):
+    _check(config.pipeline == "dpo" and config.objective.name == "kto", "data.unpaired_path",
+           f"unpaired rows train KTO only (pipeline 'dpo', objective 'kto'); got {config.pipeline!r} / "
+           f"{config.objective.name!r}")
+    _check(not config.data.get("pref_path"), "data.unpaired_path", "set data.pref_path or data.unpaired_path, not both")
+    _check(os.path.exists(config.data.unpaired_path), "data.unpaired_path", f"{config.data.unpaired_path!r} does not exist")
   for field in ("data.batch_size", "eval.batch_size"):
     section, name = field.split(".")
     _check(config[section][name] % n_batch == 0, field,

@@ -23,7 +23,7 @@ import optax
 
 from rewardlab.errors import CheckpointError, NonFiniteError
 from rewardlab.eval.plots import plot_curves
-from rewardlab.sharding import batch_sharding, shard_batch
+from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
 from rewardlab.train.checkpoint import Checkpointer
 from rewardlab.train.metrics import MetricWriter, Progress, read_metrics
 from rewardlab.train.state import TrainState, shardings_of
@@ -107,6 +107,14 @@ def write_config(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+
+
+def begin_run(config, workdir: str | None):
+  """Every pipeline's first lines: (the run directory, with its config.json written; the
+  device mesh of config.mesh)."""
+  workdir = workdir or config.workdir
+  write_config(config, workdir)
+  return workdir, make_mesh(dict(config.mesh))
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict:
