@@ -25,13 +25,14 @@ from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.preference import PreferencePair, gold_reward
 from rewardlab.objectives.preference import REFERENCE_FREE
 from rewardlab.pipelines import sft
+from rewardlab.pipelines.common import Built, run_built
 from rewardlab.pipelines.preference import GOLD_PANELS, make_gold_evaluator, make_preference_loss_fn, pair_batches, \
     reference_logps
 from rewardlab.rewards.judge import make_judge
 from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, fit, write_config
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, write_config
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy, PolicySpec, build_policy
 from rewardlab.train.state import TrainState, create_train_state
@@ -198,7 +199,8 @@ class RoundSource:
                      for g in range(len(scores) // n)])
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the round-based pipeline."""
   workdir = workdir or config.workdir
   write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
@@ -231,6 +233,13 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       plot_panels=GOLD_PANELS[:1] + (("train", "reward_accuracy"),) + GOLD_PANELS[2:])
   # checkpoints on round boundaries only: a round's pairs are remade from its starting state
   settings = LoopSettings.from_config(tc, checkpoint_every=rs.steps_per_round)
-  summary = fit(pipeline, mesh, settings, workdir, stop_at_step)
-  summary["rounds"] = source.rounds
-  return summary
+
+  def finish(summary):
+    summary["rounds"] = source.rounds
+    return summary
+  return Built(pipeline, mesh, settings, finish)
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  return run_built(build(config, workdir), workdir, stop_at_step)

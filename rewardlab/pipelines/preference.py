@@ -21,9 +21,10 @@ from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.pipelines import sft
+from rewardlab.pipelines.common import Built, run_built
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.train.loop import LoopSettings, Pipeline, offline_source, write_config
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import PolicySpec, build_policy
 from rewardlab.train.state import create_train_state
@@ -62,6 +63,7 @@ def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.
 
 # objectives the pair pipelines (dpo, online_dpo) train with
 PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
+
 
 
 def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, token_alpha: float = 1.0, **_):
@@ -194,7 +196,9 @@ GOLD_PANELS = (("train", "loss"), ("train", "reward_margin"), ("eval", "gold_rew
                ("eval", "win_rate_vs_ref"), ("eval", "kl_to_ref"))
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up, caches the reference's log-probs, and returns the
+  pipeline ready for the loop."""
   workdir = workdir or config.workdir
   write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
@@ -233,7 +237,14 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   pipeline = Pipeline(policy.graphdef, state, with_cache_metric, optimizer, schedule, offline_source(batch_at),
                       make_gold_evaluator(config.eval, task, policy, ref, mesh), merge=merge,
                       plot_panels=GOLD_PANELS)
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["num_pairs"] = len(pairs)
-  summary["skipped"] = skipped
-  return summary
+
+  def finish(summary):
+    summary["num_pairs"] = len(pairs)
+    summary["skipped"] = skipped
+    return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(tc), finish)
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  return run_built(build(config, workdir), workdir, stop_at_step)

@@ -27,8 +27,9 @@ from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs
 from rewardlab.objectives import reward_model as rmo
 from rewardlab.pipelines import sft
+from rewardlab.pipelines.common import Built, run_built
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.train.loop import LoopSettings, Pipeline, offline_source, write_config
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import LoraSpec, PolicySpec, init_adapters, load_trunk, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
@@ -213,7 +214,9 @@ def export_reward_model(folder: str, params, hc: HeadConfig, model_cfg, tokenize
 RM_PANELS = (("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"), ("eval", "best_of_4"), ("eval", "ece"))
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the reward model's pipeline; its
+  finish writes the export (<workdir>/reward_model)."""
   workdir = workdir or config.workdir
   write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
@@ -246,14 +249,21 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                                report_dir=workdir, merge=merge)
   pipeline = Pipeline(graphdef, state, loss_fn, optimizer, schedule, offline_source(batch_at), evaluate,
                       merge=merge, plot_panels=RM_PANELS)
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["report"] = getattr(evaluate, "report", None)
-  final = summary["state"]
-  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"),
-                                          model_params(final.params, final.frozen, merge),  # LoRA: merged
-                                          hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len)
-  summary["num_pairs"] = len(train_pairs)
-  return summary
+
+  def finish(summary):
+    summary["report"] = getattr(evaluate, "report", None)
+    final = summary["state"]
+    summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"),
+                                            model_params(final.params, final.frozen, merge),  # LoRA: merged
+                                            hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len)
+    summary["num_pairs"] = len(train_pairs)
+    return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(tc), finish)
 
 
-__all__ = ["run", "build_reward_model", "rm_lora", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  return run_built(build(config, workdir), workdir, stop_at_step)
+
+
+__all__ = ["run", "build", "build_reward_model", "rm_lora", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]

@@ -21,12 +21,13 @@ from rewardlab.models.heads import ActorCritic, ValueHead
 from rewardlab.models.logprobs import completion_hidden
 from rewardlab.objectives import policy_gradient as pg
 from rewardlab.pipelines import sft
+from rewardlab.pipelines.common import Built, run_built
 from rewardlab.pipelines.rl_aux import AUXILIARIES, Auxiliary, AuxSetup, build_auxiliaries
 from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, self_certainty
 from rewardlab.rollout import Groups, Rollout, RolloutCollector, RolloutSettings, RewardContext, build_rewards
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, named, param_specs, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, fit, write_config
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, write_config
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy, PolicySpec, build_policy
 from rewardlab.train.state import TrainState, create_train_state
@@ -158,8 +159,9 @@ def rl_source(collector: RolloutCollector, policy: Policy, policy_part, seed: in
 RL_PANELS = (("train", "reward"), ("eval", "accuracy"), ("train", "kl_ref"), ("train", "response_length"))
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  """stop_at_step: stop after that many RL iterations (simulated interruption)."""
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the RL pipeline (one loop step = one
+  iteration: a rollout, then epochs x minibatches of updates)."""
   workdir = workdir or config.workdir
   write_config(config, workdir)
   rc, tc = config.rl, config.train
@@ -206,6 +208,14 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       make_rl_evaluator(config.eval, rc.max_new_tokens, policy, task, mesh, policy_part, auxiliaries),
                       merge=merge, updates_per_step=updates_per_step, plot_panels=RL_PANELS,
                       shown={"reward": "reward", "kl": "kl_ref"}, name="rl")
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["sft_warmup_accuracy"] = None if warm is None else warm[1]
-  return summary
+
+  def finish(summary):
+    summary["sft_warmup_accuracy"] = None if warm is None else warm[1]
+    return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(tc), finish)
+
+
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  """stop_at_step: stop after that many RL iterations (simulated interruption)."""
+  workdir = workdir or config.workdir
+  return run_built(build(config, workdir), workdir, stop_at_step)

@@ -18,10 +18,11 @@ from rewardlab.data import SequenceBatch, Task, make_task, sft_batch
 from rewardlab.eval import exact_match
 from rewardlab.models.logprobs import sequence_logprobs
 from rewardlab.objectives import OBJECTIVES
+from rewardlab.pipelines.common import Built, run_built
 from rewardlab.rewards.judge import judge_examples, make_judge
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import make_mesh, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, fit, offline_source, write_config
+from rewardlab.train.loop import LoopSettings, Pipeline, offline_source, write_config
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy, PolicySpec, build_policy, export_policy
 from rewardlab.train.state import create_train_state
@@ -72,7 +73,7 @@ def sft_batches(task: Task, tokenizer, seed: int, batch_size: int, seq_len: int,
   return batch_at
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
   workdir = workdir or config.workdir
   write_config(config, workdir)
   mesh = make_mesh(dict(config.mesh))
@@ -88,19 +89,26 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   pipeline = Pipeline(policy.graphdef, state, make_sft_loss_fn(config.objective, config.train.logprob_chunk),
                       optimizer, schedule, offline_source(batch_at),
                       make_accuracy_evaluator(config.eval, policy, task, mesh), merge=policy.merge)
-  summary = fit(pipeline, mesh, LoopSettings.from_config(config.train), workdir, stop_at_step)
-  if config.get("export_hf"):
-    final = summary["state"]
-    summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
-  return summary
+
+  def finish(summary):
+    if config.get("export_hf"):
+      final = summary["state"]
+      summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
+    return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(config.train), finish)
 
 
-def warm_start(config, workdir: str):
-  """Runs (or resumes, or skips if finished) the SFT warm-up that RL, preference and RM
-  pipelines start from, in <workdir>/sft_warmup. Returns (final params, held-out accuracy),
-  or None when config.sft_warmup is absent or has 0 steps."""
+def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+  workdir = workdir or config.workdir
+  return run_built(build(config, workdir), workdir, stop_at_step)
+
+
+def warmup_config(config):
+  """The SFT config of the warm-up that RL, preference and RM pipelines start from
+  (config.sft_warmup: steps, lr, judge_fraction), or None when absent, 0 steps, or the
+  config is itself an SFT run. Its workdir is <run workdir>/sft_warmup."""
   wc = config.get("sft_warmup")
-  if wc is None or wc.steps <= 0:
+  if wc is None or wc.steps <= 0 or config.pipeline == "sft":
     return None
   sft_config = copy.deepcopy(config)
   sft_config.unlock()
@@ -110,5 +118,15 @@ def warm_start(config, workdir: str):
   sft_config.data.judge_fraction = wc.get("judge_fraction", 0.0)
   sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
   sft_config.lock()
+  return sft_config
+
+
+def warm_start(config, workdir: str):
+  """Runs (or resumes, or skips if finished) the SFT warm-up that RL, preference and RM
+  pipelines start from, in <workdir>/sft_warmup. Returns (final params, held-out accuracy),
+  or None when config.sft_warmup is absent or has 0 steps."""
+  sft_config = warmup_config(config)
+  if sft_config is None:
+    return None
   summary = run(sft_config, os.path.join(workdir, "sft_warmup"))
   return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None
