@@ -65,6 +65,29 @@ def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.
 PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
 
 
+def register_pair_objective(name: str, fn) -> None:
+  """Makes `fn` trainable as config.objective.name=`name` in the dpo and online_dpo pipelines
+  of this process, without editing the package (e.g. a prototype in a notebook).
+
+  fn(logp_w, logp_l, ref_w, ref_l, *, len_w, len_l, win_w, win_l, **hyperparams) ->
+  (loss, metrics): summed completion log-probs [B] of the policy and the reference on the
+  chosen (w) and rejected (l) responses, lengths [B], win probabilities [B]; hyperparams are
+  the config.objective fields in HYPERPARAMS that are set. The reference's log-probs are
+  computed (name is not in REFERENCE_FREE). Registering a name again (a re-run notebook
+  cell) replaces it; a built-in objective's name is refused."""
+  from rewardlab.objectives import OBJECTIVES, PIPELINE_OBJECTIVES
+  if name in OBJECTIVES and name not in _REGISTERED:
+    raise ValueError(f"register_pair_objective: {name!r} is a built-in objective; choose another name")
+  PAIR_OBJECTIVES[name] = fn
+  OBJECTIVES[name] = fn
+  for pipeline in ("dpo", "online_dpo"):
+    if name not in PIPELINE_OBJECTIVES[pipeline]:
+      PIPELINE_OBJECTIVES[pipeline].append(name)
+  _REGISTERED.add(name)
+
+
+_REGISTERED: set[str] = set()   # names added by register_pair_objective
+
 
 def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, token_alpha: float = 1.0, **_):
   """TGDPO: DPO with per-token weights from the token-level reward r_t: chosen tokens
