@@ -15,7 +15,7 @@ from scipy import stats
 from helpers import ROOT, load_config, micro_sft_config
 from rewardlab.eval.stats import describe_difference, diff_ci, mean_ci
 from rewardlab.pipelines import PIPELINES
-from rewardlab.sweep import SweepError, SweepSpec, compare, product, run_sweep
+from rewardlab.sweep import SweepError, SweepSpec, compare, product, run_sweep, summarize_sweep
 from rewardlab.sweep.spec import load_get_sweep, parse_grid, point_name, spec_from_sweep_dict
 from rewardlab.sweep.vmapped import run_seeds
 from rewardlab.train.metrics import read_metrics
@@ -96,6 +96,7 @@ def test_sweep_2x2_grid_2_seeds_summary_equals_runs_and_rerun_runs_only_the_miss
                                [x.mean(), x.mean() - half, x.mean() + half], rtol=1e-9, atol=1e-12)
   table = (tmp_path / "summary.md").read_text()
   assert "| optim.lr | data.batch_size | accuracy | train/loss |" in table
+  assert summarize_sweep(str(tmp_path))["table"] == table   # read back from sweep.json alone
   assert os.path.exists(tmp_path / "curves.png")
   a, b = {"optim.lr": 3e-3, "data.batch_size": 8}, {"optim.lr": 1e-3, "data.batch_size": 8}
   comparison = compare(out["summary"]["rows"], a, b, "train/loss", quiet=True)

@@ -240,7 +240,7 @@ def write_manifest(workdir: str, spec: SweepSpec, runs: Sequence[Run], config_ar
   path = os.path.join(workdir, "sweep.json")
   with open(path, "w") as f:
     json.dump({"config": config_arg, "pipeline": runs[0].config.pipeline,
-               "points": [dict(p) for p in spec.points], "seeds": list(spec.seeds),
+               "points": [{"name": point_name(p), "overrides": dict(p)} for p in spec.points], "seeds": list(spec.seeds),
                "metrics": list(spec.metrics),
                "runs": [{"point": point_name(r.point), "seed": r.seed,
                          "dir": os.path.relpath(r.workdir, workdir)} for r in runs]}, f, indent=2)

@@ -92,13 +92,12 @@ class PointSummary(NamedTuple):
   values: Mapping[str, tuple]           # metric -> per-seed values, in `seeds` order
 
 
-def summarize(results: Sequence[RunResult], points: Sequence[Mapping[str, Any]],
+def summarize(results: Sequence[RunResult], points: Sequence[tuple[str, Mapping[str, Any]]],
               metrics: Sequence[str] = ()) -> list[PointSummary]:
-  """One PointSummary per grid point (in `points` order) over its runs' final values."""
+  """One PointSummary per grid point ((name, overrides), in order) over its runs' final values."""
   metrics = tuple(metrics) or default_metrics(results[0])
   rows = []
-  for overrides in points:
-    name = point_name(overrides)
+  for name, overrides in points:
     mine = [r for r in results if r.point == name]
     if not mine:
       raise SweepError(f"sweep point {name}: no runs")
@@ -208,11 +207,11 @@ def summarize_sweep(workdir: str, runs: Sequence[Run] | None = None, metrics: Se
   sweep = load_sweep(workdir) if runs is None else None
   if runs is None:
     triples = [(r["point"], r["seed"], os.path.join(workdir, r["dir"])) for r in sweep["runs"]]
-    points = sweep["points"]
+    points = [(p["name"], p["overrides"]) for p in sweep["points"]]
     metrics = tuple(metrics) or tuple(sweep.get("metrics", ()))
   else:
     triples = [(point_name(r.point), r.seed, r.workdir) for r in runs]
-    points = list({point_name(r.point): r.point for r in runs}.values())
+    points = list({point_name(r.point): r.point for r in runs}.items())
   results = load_runs(triples)
   rows = summarize(results, points, metrics)
   out = write_summary(rows, workdir, title or f"Sweep {os.path.basename(os.path.abspath(workdir))}")
