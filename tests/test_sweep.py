@@ -168,6 +168,28 @@ def test_vmapped_sft_seeds_match_separate_runs_and_resume(tmp_path):
   assert [int(s["state"].step) for s in summaries] == [6, 6]
 
 
+@pytest.mark.slow
+def test_vmapped_rm_seeds_match_separate_runs_and_export_each_seed(tmp_path):
+  configs = []
+  for seed in (0, 1):
+    c = load_config("rm_synthetic", "tiny")
+    c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
+    c.sft_warmup.steps = 0
+    c.data.update(num_pairs=64, eval_pairs=32, batch_size=16)
+    c.eval.batch_size = 32
+    c.train.update(steps=4, log_every=1, eval_every=2, checkpoint_every=2, progress=False, tensorboard=False)
+    c.seed = seed
+    configs.append(c)
+  dirs = [str(tmp_path / "vmapped" / f"seed_{c.seed}") for c in configs]
+  summaries = run_seeds(configs, dirs)
+  for c, d, summary in zip(configs, dirs, summaries):
+    alone = str(tmp_path / "separate" / f"seed_{c.seed}")
+    PIPELINES["rm"](c, alone)
+    assert_same_metrics(alone, d)
+    assert summary["export"] == os.path.join(d, "reward_model")   # each seed's finish ran
+    assert os.path.exists(os.path.join(d, "reward_model", "rm.json")) and os.path.exists(os.path.join(d, "rm_eval.json"))
+
+
 def _micro_dpo():
   c = load_config("dpo_synthetic", "tiny")
   c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
