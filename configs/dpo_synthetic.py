@@ -8,6 +8,8 @@ Other objectives on the same data and budget:
 Hyperparameters: --config.objective.beta=0.2 --config.objective.label_smoothing=0.1 ...
 TGDPO reads per-token rewards: the synthetic data's gold digit rewards, or
   chosen_token_rewards / rejected_token_rewards lists in your rows (one per completion token + EOS).
+Sweep (get_sweep below: DPO, IPO, RPO x beta 0.05, 0.1 x 3 seeds, mean and 95% CI per point):
+       rewardlab sweep --config configs/dpo_synthetic.py:tiny [--vmap_seeds] [--parallel 2]
 Your own pairs: --config.data.pref_path=pairs.jsonl|.parquet  (TRL's preference rows: {"prompt",
                "chosen", "rejected"} strings or {"role", "content"} message lists, prompt optional)
 KTO on unpaired rows: --config.objective.name=kto --config.data.unpaired_path=rows.jsonl
@@ -51,3 +53,11 @@ def get_config(variant: str = "", objective: str = "dpo"):
   elif variant:
     raise ValueError(f"dpo_synthetic: unknown variant {variant!r}; allowed: '', 'tiny'")
   return c
+
+
+def get_sweep(variant: str = ""):
+  """The objective x beta ablation `rewardlab sweep --config configs/dpo_synthetic.py[:variant]`
+  runs (flags --grid / --seeds / --metrics replace these)."""
+  del variant   # the same grid at every size
+  return dict(grid={"objective.name": ("dpo", "ipo", "rpo"), "objective.beta": (0.05, 0.1)},
+              seeds=3, metrics=("gold_reward", "win_rate_vs_ref", "accuracy", "kl_to_ref"))

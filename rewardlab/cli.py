@@ -1,6 +1,14 @@
-"""Command line: `rewardlab train --config configs/x.py[:variant] [--config.a.b=v] [--workdir D]`.
+"""Command line.
 
-Rerunning the same command with the same workdir resumes from the latest checkpoint.
+    rewardlab train --config configs/x.py[:variant] [--config.a.b=v] [--workdir D]
+    rewardlab sweep --config configs/x.py[:variant] [--config.a.b=v] \\
+        --grid 'objective.name=dpo,ipo,simpo' --grid 'objective.beta=0.05,0.1' --seeds 3 \\
+        [--workdir D] [--parallel N] [--vmap_seeds] [--metrics gold_reward,train/loss]
+
+Rerunning the same command with the same workdir resumes: `train` from the latest
+checkpoint, `sweep` skipping finished runs and resuming unfinished ones. A sweep without
+--grid/--seeds/--metrics takes them from the config file's `get_sweep(variant)` when it has
+one (flags given replace the file's). See rewardlab/sweep/.
 """
 from __future__ import annotations
 
@@ -10,43 +18,100 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 USAGE = ("usage: rewardlab train --config configs/<name>.py[:variant] "
-         "[--config.<field>=<value> ...] [--workdir DIR]")
+         "[--config.<field>=<value> ...] [--workdir DIR]\n"
+         "       rewardlab sweep --config configs/<name>.py[:variant] [--grid FIELD=V1,V2 ...] "
+         "[--seeds N] [--workdir DIR] [--parallel N] [--vmap_seeds] [--metrics M1,M2]")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: config.workdir)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: config.workdir; sweep: "
+                               "config.workdir + '_sweep')")
+_GRID = flags.DEFINE_multi_string("grid", None, "sweep: FIELD=V1,V2,... (repeat for a cross product)")
+_SEEDS = flags.DEFINE_integer("seeds", None, "sweep: seeds per grid point (config.seed, config.seed + 1, ...)")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: runs at a time, each in its own process")
+_VMAP = flags.DEFINE_boolean("vmap_seeds", False, "sweep: train a point's seeds as one vmapped step "
+                             "(sft, dpo, rm pipelines)")
+_METRICS = flags.DEFINE_list("metrics", None, "sweep: final metrics to summarise ('name' = eval split, "
+                             "'split/name'); default: the last eval record's scalars")
+SWEEP_FLAGS = ("grid", "seeds", "parallel", "vmap_seeds", "metrics")
 
 
-def main(argv):
+def _bad_config(e):
+  print(f"rewardlab: bad config: {e}", file=sys.stderr)
+  sys.exit(2)
+
+
+def train(config):
   from rewardlab.errors import CheckpointError, NonFiniteError
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
   from rewardlab.train import ConfigError, validate
 
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if argv[1:] != ["train"]:
-    raise app.UsageError(f"unknown command {' '.join(argv[1:]) or '(none)'!r}\n{USAGE}")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError(f"--config is required\n{USAGE}")
   try:
     validate(config, OBJECTIVES, PIPELINES)
   except ConfigError as e:
-    print(f"rewardlab: bad config: {e}", file=sys.stderr)
-    sys.exit(2)
+    _bad_config(e)
   workdir = _WORKDIR.value or config.workdir
   try:
     summary = PIPELINES[config.pipeline](config, workdir)
-  except NonFiniteError as e:
+  except (NonFiniteError, CheckpointError) as e:   # one line, and an exit code per kind
     print(f"rewardlab: stopped: {e}", file=sys.stderr)
-    sys.exit(3)
-  except CheckpointError as e:
-    print(f"rewardlab: stopped: {e}", file=sys.stderr)
-    sys.exit(4)
+    sys.exit(3 if isinstance(e, NonFiniteError) else 4)
   final = summary["evals"][-1] if summary["evals"] else summary["train"]
   print(f"done in {summary['wall_s']:.1f}s; final: "
         + " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))
   print(f"run directory: {workdir} (metrics.jsonl, config.json, tb/, checkpoints/, curves.png)")
+
+
+def sweep_spec(config, config_arg: str):
+  """The sweep from the flags, over the config file's get_sweep() when it has one."""
+  from rewardlab.sweep.spec import SweepError, load_get_sweep, parse_grid, spec_from_sweep_dict
+  sweep = dict(load_get_sweep(config_arg) or {})
+  if _GRID.value:
+    grid = {}
+    for flag in _GRID.value:
+      field, values = parse_grid(flag)
+      if field in grid:
+        raise SweepError(f"--grid {field} given twice")
+      grid[field] = values
+    sweep["grid"] = grid
+  if _SEEDS.value is not None:
+    sweep["seeds"] = _SEEDS.value
+  if _METRICS.value:
+    sweep["metrics"] = tuple(_METRICS.value)
+  return spec_from_sweep_dict(sweep, config.seed, where=f"{config_arg.partition(':')[0]}: get_sweep()")
+
+
+def sweep(config):
+  from rewardlab.sweep import SweepError, run_sweep
+  config_arg = flags.FLAGS["config"].config_filename
+  try:
+    spec = sweep_spec(config, config_arg)
+    workdir = _WORKDIR.value or config.workdir + "_sweep"
+    out = run_sweep(config, spec, workdir, parallel=_PARALLEL.value, vmap_seeds=_VMAP.value,
+                    config_arg=config_arg)
+  except SweepError as e:
+    print(f"rewardlab sweep: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(out["summary"]["table"])
+  print(f"sweep directory: {workdir} (summary.md, summary.csv, curves.png, sweep.json, one folder per point)")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  command = argv[1:]
+  if command not in (["train"], ["sweep"]):
+    raise app.UsageError(f"unknown command {' '.join(command) or '(none)'!r}\n{USAGE}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError(f"--config is required\n{USAGE}")
+  if command == ["train"]:
+    given = [f"--{f}" for f in SWEEP_FLAGS if flags.FLAGS[f].present]
+    if given:
+      raise app.UsageError(f"{', '.join(given)}: sweep flags; use `rewardlab sweep`\n{USAGE}")
+    train(config)
+  else:
+    sweep(config)
 
 
 def run():

@@ -31,7 +31,8 @@ from rewardlab.rewards.judge import make_judge
 from rewardlab.rewards.self_rewards import auc
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run, fit
+from rewardlab.pipelines.common import Built, runner
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy
 from rewardlab.train.state import TrainState, create_train_state
@@ -198,7 +199,8 @@ class RoundSource:
                      for g in range(len(scores) // n)])
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the round-based pipeline."""
   workdir, mesh = begin_run(config, workdir)
   dc, tc, oc = config.data, config.train, config.online
   rs = RoundSettings.from_config(config)
@@ -225,6 +227,7 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       plot_panels=GOLD_PANELS[:1] + (("train", "reward_accuracy"),) + GOLD_PANELS[2:])
   # checkpoints on round boundaries only: a round's pairs are remade from its starting state
   settings = LoopSettings.from_config(tc, checkpoint_every=rs.steps_per_round)
-  summary = fit(pipeline, mesh, settings, workdir, stop_at_step)
-  summary["rounds"] = source.rounds
-  return summary
+  return Built(pipeline, mesh, settings, lambda summary: dict(summary, rounds=source.rounds))
+
+
+run = runner(build)

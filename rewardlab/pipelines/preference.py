@@ -27,7 +27,8 @@ from rewardlab.ops import masked_sum
 from rewardlab.pipelines import sft
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
+from rewardlab.pipelines.common import Built, runner
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_source
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.state import create_train_state
 
@@ -65,6 +66,30 @@ def sppo_on_pairs(logp_w, logp_l, ref_w, ref_l, *, win_w, win_l, eta: float = 1.
 
 # objectives the pair pipelines (dpo, online_dpo) train with
 PAIR_OBJECTIVES = {**PAIRED, "kto": kto_on_pairs, "sppo": sppo_on_pairs}
+
+
+def register_pair_objective(name: str, fn) -> None:
+  """Makes `fn` trainable as config.objective.name=`name` in the dpo and online_dpo pipelines
+  of this process, without editing the package (e.g. a prototype in a notebook).
+
+  fn(logp_w, logp_l, ref_w, ref_l, *, len_w, len_l, win_w, win_l, **hyperparams) ->
+  (loss, metrics): summed completion log-probs [B] of the policy and the reference on the
+  chosen (w) and rejected (l) responses, lengths [B], win probabilities [B]; hyperparams are
+  the config.objective fields in HYPERPARAMS that are set. The reference's log-probs are
+  computed (name is not in REFERENCE_FREE). Registering a name again (a re-run notebook
+  cell) replaces it; a built-in objective's name is refused."""
+  from rewardlab.objectives import OBJECTIVES, PIPELINE_OBJECTIVES
+  if name in OBJECTIVES and name not in _REGISTERED:
+    raise ValueError(f"register_pair_objective: {name!r} is a built-in objective; choose another name")
+  PAIR_OBJECTIVES[name] = fn
+  OBJECTIVES[name] = fn
+  for pipeline in ("dpo", "online_dpo"):
+    if name not in PIPELINE_OBJECTIVES[pipeline]:
+      PIPELINE_OBJECTIVES[pipeline].append(name)
+  _REGISTERED.add(name)
+
+
+_REGISTERED: set[str] = set()   # names added by register_pair_objective
 
 
 def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, token_alpha: float = 1.0, **_):
@@ -246,7 +271,9 @@ def load_unpaired_examples(data_cfg, tokenizer, skipped: dict):
   return examples, kl_partners(examples, tokenizer, data_cfg.seq_len)
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up, caches the reference's log-probs, and returns the
+  pipeline ready for the loop."""
   workdir, mesh = begin_run(config, workdir)
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
@@ -288,7 +315,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
   pipeline = Pipeline(policy.graphdef, state, with_cache_metric, optimizer, schedule, offline_source(batch_at),
                       make_gold_evaluator(config.eval, task, policy, ref, mesh), merge=merge,
                       plot_panels=GOLD_PANELS)
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["num_pairs"] = len(pairs)
-  summary["skipped"] = skipped
-  return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(tc),
+               lambda summary: dict(summary, num_pairs=len(pairs), skipped=skipped))
+
+
+run = runner(build)

@@ -28,7 +28,8 @@ from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, s
 from rewardlab.objectives import reward_model as rmo
 from rewardlab.pipelines import sft
 from rewardlab.sharding import shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
+from rewardlab.pipelines.common import Built, runner
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_source
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import LoraSpec, PolicySpec, init_adapters, load_trunk, resolve_model_config
 from rewardlab.train.state import create_train_state, init_params
@@ -214,7 +215,9 @@ def export_reward_model(folder: str, params, hc: HeadConfig, model_cfg, tokenize
 RM_PANELS = (("train", "loss"), ("train", "accuracy"), ("eval", "accuracy"), ("eval", "best_of_4"), ("eval", "ece"))
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the reward model's pipeline; its
+  finish writes the export (<workdir>/reward_model)."""
   workdir, mesh = begin_run(config, workdir)
   dc, tc = config.data, config.train
   task = make_task(dc.task, **dc.task_kwargs)
@@ -245,14 +248,17 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                                report_dir=workdir, merge=merge)
   pipeline = Pipeline(graphdef, state, loss_fn, optimizer, schedule, offline_source(batch_at), evaluate,
                       merge=merge, plot_panels=RM_PANELS)
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["report"] = getattr(evaluate, "report", None)
-  final = summary["state"]
-  summary["export"] = export_reward_model(os.path.join(workdir, "reward_model"),
-                                          model_params(final.params, final.frozen, merge),  # LoRA: merged
-                                          hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len)
-  summary["num_pairs"] = len(train_pairs)
-  return summary
+
+  def finish(summary):
+    final = summary["state"]
+    return dict(summary, report=getattr(evaluate, "report", None), num_pairs=len(train_pairs),
+                export=export_reward_model(os.path.join(workdir, "reward_model"),
+                                           model_params(final.params, final.frozen, merge),  # LoRA: merged
+                                           hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len))
+  return Built(pipeline, mesh, LoopSettings.from_config(tc), finish)
 
 
-__all__ = ["run", "build_reward_model", "rm_lora", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]
+run = runner(build)
+
+
+__all__ = ["run", "build", "build_reward_model", "rm_lora", "rm_loss", "export_reward_model", "ATTRIBUTES", "STEP_SEPARATOR"]

@@ -26,7 +26,8 @@ from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, s
 from rewardlab.rollout import Groups, Rollout, RolloutCollector, RolloutSettings, RewardContext, build_rewards
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import named, param_specs, shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run, fit
+from rewardlab.pipelines.common import Built, runner
+from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy
 from rewardlab.train.state import TrainState, create_train_state
@@ -158,8 +159,9 @@ def rl_source(collector: RolloutCollector, policy: Policy, policy_part, seed: in
 RL_PANELS = (("train", "reward"), ("eval", "accuracy"), ("train", "kl_ref"), ("train", "response_length"))
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
-  """stop_at_step: stop after that many RL iterations (simulated interruption)."""
+def build(config, workdir: str | None = None) -> Built:
+  """Runs (or restores) the SFT warm-up and returns the RL pipeline (one loop step = one
+  iteration: a rollout, then epochs x minibatches of updates)."""
   workdir, mesh = begin_run(config, workdir)
   rc, tc = config.rl, config.train
   settings = objective_settings(config.objective)
@@ -202,6 +204,8 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       loss_weight=lambda b: aggregation_weight(b.completion_mask, settings["aggregation"]),
                       plot_panels=RL_PANELS,
                       shown={"reward": "reward", "kl": "kl_ref"}, name="rl")
-  summary = fit(pipeline, mesh, LoopSettings.from_config(tc), workdir, stop_at_step)
-  summary["sft_warmup_accuracy"] = warm_accuracy
-  return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(tc), lambda summary: dict(
+      summary, sft_warmup_accuracy=warm_accuracy))
+
+
+run = runner(build)

@@ -23,7 +23,8 @@ from rewardlab.ops import aggregation_weight
 from rewardlab.rewards.judge import judge_examples, make_judge
 from rewardlab.sampling import SamplingParams, make_sample_fn
 from rewardlab.sharding import shard_batch
-from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, fit, offline_source
+from rewardlab.pipelines.common import Built, runner
+from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_source
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import Policy, PolicySpec, build_policy, export_policy
 from rewardlab.train.state import create_train_state
@@ -80,7 +81,8 @@ def sft_batches(task: Task, tokenizer, seed: int, batch_size: int, seq_len: int,
   return batch_at
 
 
-def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+def build(config, workdir: str | None = None) -> Built:
+  """The SFT pipeline ready for the loop; its finish writes config.export_hf when set."""
   workdir, mesh = begin_run(config, workdir)
   dc = config.data
   task = make_task(dc.task, **dc.task_kwargs)
@@ -95,19 +97,24 @@ def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> 
                       optimizer, schedule, offline_source(batch_at),
                       make_accuracy_evaluator(config.eval, policy, task, mesh), merge=policy.merge,
                       loss_weight=sft_loss_weight(config.objective))
-  summary = fit(pipeline, mesh, LoopSettings.from_config(config.train), workdir, stop_at_step)
-  if config.get("export_hf"):
-    final = summary["state"]
-    summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
-  return summary
+
+  def finish(summary):
+    if config.get("export_hf"):
+      final = summary["state"]
+      summary["export"] = export_policy(policy, final.params, final.frozen, config.export_hf)
+    return summary
+  return Built(pipeline, mesh, LoopSettings.from_config(config.train), finish)
 
 
-def warm_start(config, workdir: str):
-  """Runs (or resumes, or skips if finished) the SFT warm-up that RL, preference and RM
-  pipelines start from, in <workdir>/sft_warmup. Returns (final params, held-out accuracy),
-  or None when config.sft_warmup is absent or has 0 steps."""
+run = runner(build)
+
+
+def warmup_config(config):
+  """The SFT config of the warm-up that RL, preference and RM pipelines start from
+  (config.sft_warmup: steps, lr, judge_fraction), or None when absent, 0 steps, or the
+  config is itself an SFT run. Its workdir is <run workdir>/sft_warmup."""
   wc = config.get("sft_warmup")
-  if wc is None or wc.steps <= 0:
+  if wc is None or wc.steps <= 0 or config.pipeline == "sft":
     return None
   sft_config = copy.deepcopy(config)
   sft_config.unlock()
@@ -117,6 +124,16 @@ def warm_start(config, workdir: str):
   sft_config.data.judge_fraction = wc.get("judge_fraction", 0.0)
   sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
   sft_config.lock()
+  return sft_config
+
+
+def warm_start(config, workdir: str):
+  """Runs (or resumes, or skips if finished) the SFT warm-up that RL, preference and RM
+  pipelines start from, in <workdir>/sft_warmup. Returns (final params, held-out accuracy),
+  or None when config.sft_warmup is absent or has 0 steps."""
+  sft_config = warmup_config(config)
+  if sft_config is None:
+    return None
   summary = run(sft_config, os.path.join(workdir, "sft_warmup"))
   return summary["state"].params, summary["evals"][-1]["accuracy"] if summary["evals"] else None
 
