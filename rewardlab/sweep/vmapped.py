@@ -21,13 +21,12 @@ trace would get wrong for every seed but the first. Not online DPO, for the same
 Results equal separate runs to float tolerance, not bit for bit: batched matmuls may sum in
 another order.
 
-The loop below mirrors `train.loop.fit` (the same records at the same steps, the same
-checkpoint cadence and resume rule) for N states; keep the two in step.
+Each seed is an ordinary `train.loop.LoopRun` (resume, metrics, evaluation cadence,
+checkpoints, the non-finite guard are the loop's own); only the update is shared.
 """
 from __future__ import annotations
 
 import os
-import time
 from typing import Sequence
 
 import jax
@@ -35,31 +34,51 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rewardlab.eval.plots import plot_curves
 from rewardlab.pipelines.common import Built
-from rewardlab.sharding import BATCH_AXES, batch_sharding
+from rewardlab.sharding import BATCH_AXES
 from rewardlab.sweep.spec import SweepError
-from rewardlab.train.checkpoint import Checkpointer
-from rewardlab.train.metrics import MetricWriter, Progress, read_metrics
-from rewardlab.train.state import shardings_of
-from rewardlab.train.step import make_update_step
+from rewardlab.train.loop import LoopRun
 
 
-def _scalars(metrics) -> dict:
-  return {k: v for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, str)}
+class _Stacked:
+  """The group's stacked state [N, ...] and the seeds' rows of it, each cut once per change."""
+
+  def __init__(self, states):
+    self._stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+    self._take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
+    self.set(self._stack(*states))
+
+  def set(self, stacked):
+    self.value, self._rows = stacked, {}
+
+  def row(self, i: int):
+    if i not in self._rows:
+      self._rows[i] = self._take(self.value, i)
+    return self._rows[i]
+
+  def restack(self, states):
+    self.set(self._stack(*states))
+
+
+class _SeedRun(LoopRun):
+  """Seed i of a vmapped group: its state is row i of the group's stacked state."""
+
+  def __init__(self, built: Built, workdir: str, i: int):
+    super().__init__(built.pipeline, built.mesh, built.settings, workdir, show_progress=(i == 0))
+    self.i, self.group = i, None
+
+  def current_state(self):
+    return self.group.row(self.i)
 
 
 class _SeedState:
-  """Seed i's slice of the stacked state, cut on first use: offline sources never look at
-  the state, so they cost no copy."""
+  """Seed i's state for its source, cut on first use: offline sources never look at it."""
 
-  def __init__(self, take, i: int):
-    self._take, self._i, self._state = take, i, None
+  def __init__(self, group: _Stacked, i: int):
+    self._group, self._i = group, i
 
   def __getattr__(self, name):
-    if self._state is None:
-      self._state = self._take(self._i)
-    return getattr(self._state, name)
+    return getattr(self._group.row(self._i), name)
 
 
 def _check_compatible(builts: Sequence[Built]):
@@ -72,99 +91,60 @@ def _check_compatible(builts: Sequence[Built]):
       raise SweepError(f"vmapped seeds: seed {i}'s TrainState has another structure than seed 0's")
 
 
+def _step_inputs(runs, group: _Stacked, step: int):
+  """Every seed's source inputs of `step` (restacking the state if a source changed it)."""
+  outs = [r.step_inputs(step, _SeedState(group, i)) for i, r in enumerate(runs)]
+  if any(inputs is None for _, inputs in outs):
+    raise SweepError(f"vmapped seeds: step {step}: a seed's data was not finite; vmapped seeds cannot skip "
+                     "it (run the seeds one by one)")
+  if any(not isinstance(state, _SeedState) for state, _ in outs):   # a source changed its state
+    group.restack([s if not isinstance(s, _SeedState) else group.row(i) for i, (s, _) in enumerate(outs)])
+  inputs = [inp for _, inp in outs]
+  if len({len(inp.batches) for inp in inputs}) > 1:
+    raise SweepError(f"vmapped seeds: step {step}: the seeds' sources returned "
+                     f"{[len(inp.batches) for inp in inputs]} batches; they must agree")
+  return inputs
+
+
 def fit_seeds(builts: Sequence[Built], workdirs: Sequence[str], stop_at_step: int | None = None) -> list[dict]:
-  """`train.loop.fit` for N seeds of one pipeline at once: one vmapped update step over the
-  stacked states. builts[i] must come from the same config but for its seed and workdir (the
-  update step traced from builts[0] serves all). Returns one fit-style summary per seed
-  ({"state", "train", "evals", "wall_s", "records"}), before each pipeline's `finish`."""
+  """`train.loop.fit` for N seeds of one pipeline at once: each seed is a `LoopRun` (its own
+  resume, metrics, evaluation, checkpoints, non-finite guard), and one vmapped update step
+  advances their stacked states. builts[i] must come from the same config but for its seed and
+  workdir (the update step traced from builts[0] serves all). Returns one fit-style summary
+  per seed, before each pipeline's `finish`."""
   _check_compatible(builts)
-  n, first = len(builts), builts[0]
-  p0, settings, mesh = first.pipeline, first.settings, first.mesh
-  writers = [MetricWriter(w, tensorboard=settings.tensorboard) for w in workdirs]
-  ckpts = [Checkpointer(os.path.join(w, "checkpoints"), settings.checkpoint_every, settings.keep_checkpoints)
-           for w in workdirs]
-  states, starts = [], []
-  for b, ckpt, writer in zip(builts, ckpts, writers):
-    restored = ckpt.latest_step() is not None
-    state = ckpt.restore(b.pipeline.state) if restored else b.pipeline.state
-    starts.append(int(state.step) // p0.updates_per_step)
-    writer.truncate_after(starts[-1] if restored else -1)
-    states.append(state)
-  if len(set(starts)) > 1:
-    raise SweepError(f"vmapped seeds must resume from the same step; checkpoints at {dict(zip(workdirs, starts))}")
-  start = starts[0]
-  step_fn = make_update_step(p0.graphdef, p0.loss_fn, p0.optimizer, p0.schedule, shardings_of(states[0]),
-                             batch_sharding(mesh), donate=False, merge=p0.merge)
-  vstep = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
-  stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
-  take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
-  seeds_batch = NamedSharding(mesh, P(None, BATCH_AXES))   # [N, B, ...]: B over the data axes
-  stacked = stack(*states)
-  del states
-
-  progress = Progress(settings.steps, initial=start, enabled=settings.progress, desc=f"{p0.name} x{n} seeds")
-  evals, last, tokens = [[] for _ in range(n)], [{} for _ in range(n)], [0] * n
-  t0 = last_log = time.perf_counter()
-
-  def run_eval(step):
-    shown = []
-    for i, b in enumerate(builts):
-      result = dict(b.pipeline.evaluate(take(stacked, i)))
-      result.pop("examples", None)
-      evals[i].append(writers[i].write(step, _scalars(result), split="eval"))
-      shown.append(_scalars(result))
-    progress.write(f"step {step} eval (mean of {n} seeds) "
-                   + " ".join(f"{k}={np.mean([s[k] for s in shown]):.4g}" for k in shown[0]))
-
-  evaluating = p0.evaluate is not None and settings.eval_every > 0
-  if evaluating and start == 0:
-    run_eval(0)
-  for step in range(start + 1, settings.steps + 1):
-    views = [_SeedState(lambda i: take(stacked, i), i) for i in range(n)]
-    outs = [b.pipeline.source(step - 1, view) for b, view in zip(builts, views)]
-    if any(s is not v for (s, _), v in zip(outs, views)):   # a source changed its state
-      stacked = stack(*[s._take(s._i) if isinstance(s, _SeedState) else s for s, _ in outs])
-    inputs = [inp for _, inp in outs]
-    if len({len(inp.batches) for inp in inputs}) > 1:
-      raise SweepError(f"vmapped seeds: step {step}: the seeds' sources returned "
-                       f"{[len(inp.batches) for inp in inputs]} batches; they must agree")
-    for i, inp in enumerate(inputs):
-      for split, record in inp.records.items():
-        writers[i].write(step, record, split=split)
-      tokens[i] += inp.tokens
-    per_update = []
-    for j in range(len(inputs[0].batches)):
-      batch = jax.tree.map(lambda *xs: np.stack(xs), *[inp.batches[j] for inp in inputs])
-      stacked, metrics = vstep(stacked, jax.device_put(batch, seeds_batch))
-      per_update.append(metrics)
-    if step % settings.log_every == 0 or step == settings.steps:
+  runs = [_SeedRun(b, w, i) for i, (b, w) in enumerate(zip(builts, workdirs))]
+  if len({r.start for r in runs}) > 1:
+    raise SweepError(f"vmapped seeds must resume from the same step; checkpoints at "
+                     f"{dict(zip(workdirs, [r.start for r in runs]))}")
+  group = _Stacked([r.state for r in runs])
+  for r in runs:
+    r.group, r.state = group, None      # the stacked state is the only copy
+  vstep = jax.jit(jax.vmap(runs[0].make_step_fn(donate=False)), donate_argnums=(0,))
+  seeds_batch = NamedSharding(builts[0].mesh, P(None, BATCH_AXES))   # [N, B, ...]: B over the data axes
+  try:
+    for r in runs:
+      r.evaluate_at_start()
+    for step in range(runs[0].start + 1, builts[0].settings.steps + 1):
+      inputs = _step_inputs(runs, group, step)
+      per_update = []
+      for j in range(len(inputs[0].batches)):
+        batch = jax.tree.map(lambda *xs: np.stack(xs), *[inp.batches[j] for inp in inputs])
+        stacked, metrics = vstep(group.value, jax.device_put(batch, seeds_batch))
+        group.set(stacked)
+        per_update.append(metrics)
       per_update = jax.device_get(per_update)
-      now = time.perf_counter()
-      for i in range(n):
-        mine = [_scalars({k: v[i] for k, v in m.items()}) for m in per_update]
-        metrics = dict({k: np.mean([m[k] for m in mine]) for k in mine[0]}, **inputs[i].stats)
-        last[i] = writers[i].write(step, dict(metrics, tokens_per_s=tokens[i] / max(now - last_log, 1e-9)))
-      done = settings.log_every if step % settings.log_every == 0 else step % settings.log_every
-      progress.update(done, sum(tokens), **{label: float(np.mean([r[key] for r in last]))
-                                            for label, key in p0.shown.items()})
-      tokens, last_log = [0] * n, now
-    if evaluating and (step % settings.eval_every == 0 or step == settings.steps):
-      run_eval(step)
-    if step == settings.steps or (settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0):
-      for i, ckpt in enumerate(ckpts):
-        ckpt.maybe_save(step, take(stacked, i), force=(step == settings.steps))
-    if stop_at_step is not None and step >= stop_at_step:
-      break
-  progress.close()
-  summaries = []
-  for i, (b, ckpt, writer, workdir) in enumerate(zip(builts, ckpts, writers, workdirs)):
-    ckpt.close()
-    writer.close()
-    records = read_metrics(workdir)
-    plot_curves(records, os.path.join(workdir, "curves.png"), b.pipeline.plot_panels)
-    summaries.append({"state": take(stacked, i), "train": last[i], "evals": evals[i],
-                      "wall_s": time.perf_counter() - t0, "records": records})
-  return summaries
+      done = [r.end_step(step, inp, [{k: v[i] for k, v in m.items()} for m in per_update])
+              for i, (r, inp) in enumerate(zip(runs, inputs))]
+      if all(done) or (stop_at_step is not None and step >= stop_at_step):
+        break
+  except BaseException:
+    for r in runs:
+      r.close(quiet=True)
+    raise
+  for r in runs:
+    r.close()
+  return [r.summary() for r in runs]
 
 
 def run_seeds(configs: Sequence, workdirs: Sequence[str], stop_at_step: int | None = None) -> list[dict]:

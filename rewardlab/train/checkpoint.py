@@ -39,8 +39,12 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    """Whether `step` is on the save cadence."""
+    return self.every > 0 and step % self.every == 0
+
   def maybe_save(self, step: int, state, force: bool = False) -> bool:
-    if not force and (self.every <= 0 or step % self.every):
+    if not (force or self.due(step)):
       return False
     if step in self.manager.all_steps():
       return False

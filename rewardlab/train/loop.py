@@ -174,45 +174,73 @@ def _resume(pipeline: Pipeline, ckpt: Checkpointer, writer: MetricWriter) -> tup
   return state, start, int(done[-1].get("nonfinite_skipped", 0)) if done else 0
 
 
-class _Run:
-  """One call of `fit`: its writer, checkpointer, progress display, guard and state."""
+class LoopRun:
+  """One pipeline's pass through the loop: its writer, checkpointer, progress display,
+  non-finite guard and state. `fit` drives one; `rewardlab.sweep.vmapped` drives several in
+  lockstep, applying one vmapped update step to all their states (so it reads each run's
+  state through `current_state` and applies updates itself)."""
 
-  def __init__(self, pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str):
+  def __init__(self, pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str, show_progress: bool = True):
     self.pipeline, self.mesh, self.settings, self.workdir = pipeline, mesh, settings, workdir
     self.writer = MetricWriter(workdir, tensorboard=settings.tensorboard)
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
                              settings.keep_checkpoints)
     self.state, self.start, skipped = _resume(pipeline, self.ckpt, self.writer)
-    self.step_fn = make_update_step(pipeline.graphdef, pipeline.loss_fn, pipeline.optimizer,
-                                    pipeline.schedule, shardings_of(self.state), batch_sharding(mesh),
-                                    merge=pipeline.merge, micro_batches=settings.micro_batches,
-                                    loss_weight=pipeline.loss_weight)
     self.guard = NonFiniteGuard(settings.skip_nonfinite_steps, skipped, self.state.params)
-    self.progress = Progress(settings.steps, initial=self.start, enabled=settings.progress, desc=pipeline.name)
+    self.progress = Progress(settings.steps, initial=self.start, enabled=settings.progress and show_progress,
+                             desc=pipeline.name)
     self.evals, self.last, self.tokens = [], {}, 0
+    self.t0 = time.perf_counter()
+
+  def make_step_fn(self, **kw):
+    p = self.pipeline
+    return make_update_step(p.graphdef, p.loss_fn, p.optimizer, p.schedule, shardings_of(self.state),
+                            batch_sharding(self.mesh), merge=p.merge, micro_batches=self.settings.micro_batches,
+                            loss_weight=p.loss_weight, **kw)
+
+  def current_state(self):
+    return self.state
 
   def evaluate(self, step: int):
-    result = dict(self.pipeline.evaluate(self.state))
+    result = dict(self.pipeline.evaluate(self.current_state()))
     examples = result.pop("examples", [])
     self.evals.append(self.writer.write(step, _scalars(result), split="eval"))
     self.progress.write(f"step {step} eval " + " ".join(f"{k}={v:.4g}" for k, v in _scalars(result).items()))
     for line in examples:
       self.progress.write("   " + line)
 
-  def train_step(self, step: int) -> tuple[StepInputs, list]:
-    """Runs step's updates; none when the source's data was not finite (skipped or raised)."""
+  def step_inputs(self, step: int, state) -> tuple[Any, StepInputs | None]:
+    """(state, the source's inputs of step), or (state, None) when its data was not finite and
+    the step is skipped (NonFiniteGuard; raises when no more skips are allowed)."""
     try:
-      self.state, inputs = self.pipeline.source(step - 1, self.state)
+      return self.pipeline.source(step - 1, state)
     except NonFiniteError as e:
       self.guard.skip_or_stop(step, str(e))
+      return state, None
+
+  def train_step(self, step: int, step_fn) -> tuple[StepInputs, list]:
+    """The step's updates on this run's own state: (inputs, per-update metrics)."""
+    self.state, inputs = self.step_inputs(step, self.state)
+    if inputs is None:   # skipped: the updates it would have made still count
       self.state = self.state.replace(step=self.state.step + self.pipeline.updates_per_step)
       return StepInputs([]), []
     per_update = []
     for batch in inputs.batches:
-      self.state, metrics = self.step_fn(self.state, shard_batch(batch, self.mesh))
+      self.state, metrics = step_fn(self.state, shard_batch(batch, self.mesh))
       per_update.append(metrics)
-    self.guard.check_updates(step, per_update)
     return inputs, per_update
+
+  def end_step(self, step: int, inputs: StepInputs, per_update: list) -> bool:
+    """After a step's updates: the non-finite check, metrics, evaluation, checkpoint. True
+    when the run is over (its last step, or `stop_at_step`)."""
+    self.guard.check_updates(step, per_update)
+    self.log(step, inputs, per_update)
+    s = self.settings
+    if self.pipeline.evaluate is not None and s.eval_every > 0 and (step % s.eval_every == 0 or step == s.steps):
+      self.evaluate(step)
+    if step == s.steps or self.ckpt.due(step):
+      self.ckpt.maybe_save(step, self.current_state(), force=(step == s.steps))
+    return step >= s.steps
 
   def log(self, step: int, inputs: StepInputs, per_update: list):
     for split, record in inputs.records.items():
@@ -229,18 +257,9 @@ class _Run:
     self.tokens = 0
     self.last = self.writer.write(step, dict(metrics, tokens_per_s=rate))
 
-  def run(self, stop_at_step: int | None):
-    s = self.settings
-    evaluating = self.pipeline.evaluate is not None and s.eval_every > 0
-    if evaluating and self.start == 0:
+  def evaluate_at_start(self):
+    if self.pipeline.evaluate is not None and self.settings.eval_every > 0 and self.start == 0:
       self.evaluate(0)
-    for step in range(self.start + 1, s.steps + 1):
-      self.log(step, *self.train_step(step))
-      if evaluating and (step % s.eval_every == 0 or step == s.steps):
-        self.evaluate(step)
-      self.ckpt.maybe_save(step, self.state, force=(step == s.steps))
-      if stop_at_step is not None and step >= stop_at_step:
-        break
 
   def close(self, quiet: bool = False):
     """quiet: a failed last save is not raised (another error is already on its way)."""
@@ -252,6 +271,13 @@ class _Run:
       if not quiet:
         raise
 
+  def summary(self) -> dict:
+    """{"state", "train": last train record, "evals", "wall_s", "records"}; plots curves.png."""
+    records = read_metrics(self.workdir)
+    plot_curves(records, os.path.join(self.workdir, "curves.png"), self.pipeline.plot_panels)
+    return {"state": self.current_state(), "train": self.last, "evals": self.evals,
+            "wall_s": time.perf_counter() - self.t0, "records": records}
+
 
 def fit(pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str,
         stop_at_step: int | None = None) -> dict:
@@ -262,15 +288,15 @@ def fit(pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str,
 
   Returns {"state", "train": last train record, "evals": eval records, "wall_s", "records"}.
   """
-  t0 = time.perf_counter()
-  run = _Run(pipeline, mesh, settings, workdir)
+  run = LoopRun(pipeline, mesh, settings, workdir)
+  step_fn = run.make_step_fn()
   try:
-    run.run(stop_at_step)
+    run.evaluate_at_start()
+    for step in range(run.start + 1, settings.steps + 1):
+      if run.end_step(step, *run.train_step(step, step_fn)) or (stop_at_step is not None and step >= stop_at_step):
+        break
   except BaseException:
     run.close(quiet=True)   # the error that stopped the run is the one to report
     raise
   run.close()
-  records = read_metrics(workdir)
-  plot_curves(records, os.path.join(workdir, "curves.png"), pipeline.plot_panels)
-  return {"state": run.state, "train": run.last, "evals": run.evals, "wall_s": time.perf_counter() - t0,
-          "records": records}
+  return run.summary()
