@@ -1,6 +1,7 @@
 """Pure pieces of the reward-hacking study: best-of-n KL and curves, ensemble aggregation,
 reward transforms, STARC distance, and the fits of Gao et al.'s functional forms."""
 import itertools
+import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -263,3 +264,98 @@ def test_gold_reward_entry_is_logged_at_weight_zero():
   total = fn(completions, problems, np.ones(3))
   np.testing.assert_allclose(total, [1.0, 0.0, 0.0])
   np.testing.assert_allclose(fn.components["gold"], [1.0, 0.25, 0.4], rtol=1e-6)
+
+
+# --- the experiment script's glue --------------------------------------------------------
+
+def _study():
+  import importlib.util
+  import os
+  from helpers import ROOT
+  spec = importlib.util.spec_from_file_location("overoptimization_study",
+                                                os.path.join(ROOT, "experiments", "overoptimization.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  from helpers import load_config
+  return module, load_config("overoptimization")
+
+
+def test_study_conditions_and_member_combination():
+  study, cfg = _study()
+  names = [c["name"] for c in study.conditions(cfg)]
+  assert names[:4] == ["gold (oracle)", "proxy N=1024", "proxy N=4096", "proxy N=16384"]
+  assert {"ensemble_wco N=4096", "par N=4096", "kl beta=0.2 N=4096", "length-controlled N=4096"} <= set(names)
+  by_name = {c["name"]: c for c in study.conditions(cfg)}
+  assert not by_name["kl beta=0.2 N=4096"]["bon"] and by_name["kl beta=0.2 N=4096"]["baseline"] == "proxy N=4096"
+  members = np.array([[1.0, 3.0], [0.0, -2.0], [2.0, 2.0], [5.0, 1.0]])
+  lengths = np.array([1, 2, 1, 3])
+  ref = np.array([1.0, 1.0, 0.0, 0.0])
+  np.testing.assert_allclose(study.combine_members(by_name["proxy N=4096"], members, None, lengths, 2, 1.0),
+                             [1.0, 0.0, 2.0, 5.0])
+  np.testing.assert_allclose(study.combine_members(by_name["ensemble_wco N=4096"], members, None, lengths, 2, 1.0),
+                             [1.0, -2.0, 2.0, 1.0])
+  np.testing.assert_allclose(study.combine_members(by_name["ensemble_uwo N=4096"], members, None, lengths, 2, 0.5),
+                             [2.0 - 0.5, -1.0 - 0.5, 2.0, 3.0 - 2.0])
+  np.testing.assert_allclose(study.combine_members(by_name["par N=4096"], members, ref, lengths, 2, 1.0),
+                             1 / (1 + np.exp(-(members[:, 0] - ref))))
+  # groups of 2: slope pooled over (dl, dr) = (-0.5, 0.5), (0.5, -0.5), (-1, -1.5), (1, 1.5) -> 1.0
+  np.testing.assert_allclose(study.combine_members(by_name["length-controlled N=4096"], members, None, lengths, 2, 1.0),
+                             [1.0 + 0.5, 0.0 - 0.5, 2.0 + 1.0, 5.0 - 1.0])
+  cfg.mitigation_num_pairs = 333
+  with pytest.raises(ValueError, match="mitigation_num_pairs=333"):
+    study.conditions(cfg)
+
+
+def test_registered_rewards_are_removed_after_the_run(tmp_path):
+  from rewardlab.rewards import REWARDS
+  study, _ = _study()
+  with study.registered_rewards({"proxy_test": lambda c, p, l: np.zeros(len(c))}):
+    assert "proxy_test" in REWARDS
+  assert "proxy_test" not in REWARDS
+  with pytest.raises(ValueError, match="already name REWARDS"):
+    with study.registered_rewards({"gold": None}):
+      pass
+  assert REWARDS["gold"] is not None
+
+
+def test_rl_records_turn_token_kl_into_sequence_kl(tmp_path):
+  study, _ = _study()
+  rows = [{"step": 0, "split": "eval", "accuracy": 0.1},
+          {"step": 1, "split": "train", "kl_ref": 0.5, "response_length": 2.0, "reward/gold": 0.3,
+           "reward/proxy": 1.0, "reward/exact_answer": 0.25},
+          {"step": 2, "split": "train", "kl_ref": -1e-4, "response_length": 3.0, "reward/gold": 0.2,
+           "reward/proxy": 2.0, "reward/exact_answer": 0.0}]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+  rec = study.rl_records(str(tmp_path), "proxy")
+  np.testing.assert_allclose(rec["d"], [1.0, 0.0])      # sqrt(0.5 * 2); a negative estimate clips to 0
+  assert rec["gold"] == [0.3, 0.2] and rec["proxy"] == [1.0, 2.0] and rec["length"] == [2.0, 3.0]
+
+
+def test_policy_pairs_label_by_gold_and_skip_ties():
+  """Samples (0, 1) and (2, 3) of each prompt pair up when their gold differs; the higher
+  gold is chosen; empty samples and equal-gold pairs are skipped; the length correlate
+  appends a suffix to the chosen only."""
+  from rewardlab.data import make_task
+  study, _ = _study()
+
+  class FakePolicy:
+    def sample(self, prompts, n, max_new_tokens, temperature, seed):
+      texts = []
+      for p in prompts:
+        answer = str(sum(int(x) for x in p[:-1].split("+")))
+        texts += [answer + "9", answer, "", answer]
+      return texts, np.ones(len(texts), np.int32)
+
+  task = make_task("addition", max_digits=2)
+  pairs = study.policy_pairs(FakePolicy(), task, 5, np.random.default_rng(0), "train", 4)
+  assert len(pairs) == 5
+  for p in pairs:
+    answer = str(sum(int(x) for x in p.prompt[:-1].split("+")))
+    assert (p.chosen, p.rejected) == (answer, answer + "9")        # (2, 3) has an empty sample
+    assert p.chosen_ratings == (1.0,) and p.rejected_ratings[0] < 1.0
+    assert p.margin == pytest.approx(1.0 - p.rejected_ratings[0])
+  flipped = study.policy_pairs(FakePolicy(), task, 50, np.random.default_rng(0), "train", 4, label_noise=1.0)
+  assert all(p.chosen_ratings[0] < p.rejected_ratings[0] for p in flipped)
+  verbose = study.policy_pairs(FakePolicy(), task, 50, np.random.default_rng(0), "train", 4, length_bias=1.0)
+  assert all(p.chosen.split("\n")[1].strip(".") == "" and "\n" in p.chosen and "\n" not in p.rejected for p in verbose)
