@@ -529,10 +529,13 @@ def plot(cfg, seeds: list[dict], summary: dict, path: str):
       x = centres
       ys = np.array([oo.binned(s["rl"][name]["d"], np.asarray(s["rl"][name][key])
                                - (s["gold_init"]["rl"] if rel and key == "gold" else 0.0), edges) for s in seeds])
+    seen = np.isfinite(ys).any(0)            # d bins this curve never reached
+    x, ys = x[seen], ys[:, seen]
     mean = np.nanmean(ys, 0)
     ax.plot(x, mean, style, color=color, label=label, marker=".", markersize=4)
     if len(seeds) > 1:
-      sd = np.nanstd(ys, 0, ddof=1)
+      count = np.isfinite(ys).sum(0)
+      sd = np.sqrt(np.nansum(np.square(ys - mean), 0) / np.maximum(count - 1, 1))
       ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2, linewidth=0)
 
   fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))

@@ -359,3 +359,15 @@ def test_policy_pairs_label_by_gold_and_skip_ties():
   assert all(p.chosen_ratings[0] < p.rejected_ratings[0] for p in flipped)
   verbose = study.policy_pairs(FakePolicy(), task, 50, np.random.default_rng(0), "train", 4, length_bias=1.0)
   assert all(p.chosen.split("\n")[1].strip(".") == "" and "\n" in p.chosen and "\n" not in p.rejected for p in verbose)
+
+
+def test_study_config_variants_build_their_conditions():
+  """configs/overoptimization.py is a study config (tests/test_config_cli.py skips it): both
+  variants must name known mitigations and a mitigation N from the sweep."""
+  from helpers import load_config
+  study, _ = _study()
+  for variant in ("", "tiny"):
+    cfg = load_config("overoptimization", variant)
+    names = [c["name"] for c in study.conditions(cfg)]
+    assert names[0] == "gold (oracle)" and len(names) == len(set(names))
+    assert cfg.proxy.data in ("policy", "synthetic") and len(cfg.seeds) >= (3 if variant == "" else 1)
