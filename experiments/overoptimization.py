@@ -36,9 +36,7 @@ yet; they are registered as temporary REWARDS entries for the duration of a run
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import os
 import shutil
 import sys
@@ -84,36 +82,34 @@ def mitigation_n(cfg) -> int:
   return n
 
 
+def _condition(name: str, n, baseline: str, beta: float, biased: bool = False, agg=None, transform=None,
+               bon: bool = True) -> dict:
+  return dict(name=name, n=n, baseline=baseline, beta=beta, biased=biased, agg=agg, transform=transform, bon=bon)
+
+
 def conditions(cfg) -> list[dict]:
   """name, proxy set (N, length-biased?), aggregation over members, transform, GRPO beta,
   whether best-of-n applies (a KL penalty has no best-of-n counterpart), and the baseline
   a mitigation is compared with."""
-  mit_n = mitigation_n(cfg)
-  # the control: optimising the gold reward itself (best-of-n: the oracle pick)
-  out = [dict(name=ORACLE, n=None, biased=False, agg=None, transform=None, beta=cfg.rl.beta, bon=True,
-              baseline=ORACLE)]
-  out += [dict(name=f"proxy N={n}", n=n, biased=False, agg=None, transform=None, beta=cfg.rl.beta, bon=True,
-               baseline=f"proxy N={n}") for n in cfg.proxy.num_pairs]
+  mit_n, beta = mitigation_n(cfg), cfg.rl.beta
   base = f"proxy N={mit_n}"
+  # the control: optimising the gold reward itself (best-of-n: the oracle pick)
+  out = [_condition(ORACLE, None, ORACLE, beta)]
+  out += [_condition(f"proxy N={n}", n, f"proxy N={n}", beta) for n in cfg.proxy.num_pairs]
   for m in cfg.mitigations:
     if m in AGG:
-      out.append(dict(name=f"{m} N={mit_n}", n=mit_n, biased=False, agg=AGG[m], transform=None,
-                      beta=cfg.rl.beta, bon=True, baseline=base))
+      out.append(_condition(f"{m} N={mit_n}", mit_n, base, beta, agg=AGG[m]))
     elif m in T.TRANSFORMS:
-      out.append(dict(name=f"{m} N={mit_n}", n=mit_n, biased=False, agg=None, transform=m, beta=cfg.rl.beta,
-                      bon=True, baseline=base))
+      out.append(_condition(f"{m} N={mit_n}", mit_n, base, beta, transform=m))
     elif m == "kl":
-      out += [dict(name=f"kl beta={b} N={mit_n}", n=mit_n, biased=False, agg=None, transform=None, beta=b,
-                   bon=False, baseline=base) for b in cfg.rl.kl_betas]
+      out += [_condition(f"kl beta={b} N={mit_n}", mit_n, base, b, bon=False) for b in cfg.rl.kl_betas]
     else:
       raise ValueError(f"config.mitigations: {m!r} is unknown; allowed: {sorted(AGG) + sorted(T.TRANSFORMS) + ['kl']}")
-  if not cfg.length_hacking:
-    return out
-  biased = f"length-biased N={mit_n}"
-  out.append(dict(name=biased, n=mit_n, biased=True, agg=None, transform=None, beta=cfg.rl.beta, bon=True,
-                  baseline=biased))
-  out.append(dict(name=f"length-controlled N={mit_n}", n=mit_n, biased=True, agg=None,
-                  transform="length_controlled", beta=cfg.rl.beta, bon=True, baseline=biased))
+  if cfg.length_hacking:
+    biased = f"length-biased N={mit_n}"
+    out.append(_condition(biased, mit_n, biased, beta, biased=True))
+    out.append(_condition(f"length-controlled N={mit_n}", mit_n, biased, beta, biased=True,
+                          transform="length_controlled"))
   return out
 
 
@@ -171,7 +167,7 @@ def rm_config(cfg, seed: int, workdir: str, pairs_path: str = "", eval_path: str
 def sft_config(cfg, seed: int, workdir: str, export: str):
   """The SFT warm-up that the rm / rl pipelines would run for this seed (the same derivation
   as their `sft_warmup` section), run once here with a HF export for sampling."""
-  c = copy.deepcopy(rm_config(cfg, seed, workdir))
+  c = rm_config(cfg, seed, workdir)
   c.pipeline = "sft"
   c.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
   c.optim.lr = cfg.sft.lr
@@ -362,14 +358,9 @@ def run_seed(cfg, seed: int, out: str, mesh) -> dict:
   gold = np.array([gold_reward(t, p.answer) for t, p in zip(texts, expanded)])
   members = {key: score_members(s, prompts, texts) for key, s in scorers.items()}
   refs = {key: ReferenceRewards(policy, s[0].score, bc.max_new_tokens) for key, s in scorers.items()}
-  candidates, ref_probs, mask = starc.empirical_space([texts[i * k:(i + 1) * k] for i in range(len(problems))])
-  flat = []          # each candidate's first row in the pool (same text, same rewards)
-  for i, cands in enumerate(candidates):
-    first = {}
-    for j, t in enumerate(texts[i * k:(i + 1) * k]):
-      first.setdefault(t, i * k + j)
-    flat += [first[t] for t in cands]
-  flat = np.asarray(flat)
+  # STARC's space: each prompt's distinct samples, weighted by their frequency (flat: a row of
+  # the pool for each, so pool scores index straight into it)
+  candidates, ref_probs, mask, flat = starc.empirical_space([texts[i * k:(i + 1) * k] for i in range(len(problems))])
   gold_grid = starc.to_grid(gold[flat], candidates)
 
   # RL samples training-split prompts, which the SFT policy answers better than held-out ones:

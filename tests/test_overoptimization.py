@@ -203,8 +203,10 @@ def test_starc_with_reference_weights_is_the_correlation_distance():
 
 
 def test_starc_empirical_space_and_errors():
-  cands, probs, mask = starc.empirical_space([["12", "12", "13"], ["7"]])
-  assert cands == [["12", "13"], ["7"]]
+  cands, probs, mask, first = starc.empirical_space([["13", "12", "12", "13", "x\x00"], ["7"]])
+  assert cands == [["12", "13", "x\x00"], ["7"]]            # trailing NUL kept (bytes can decode to it)
+  np.testing.assert_array_equal(first, [1, 0, 4, 5])
+  cands, probs, mask, _ = starc.empirical_space([["12", "12", "13"], ["7"]])
   np.testing.assert_allclose(probs, [[2 / 3, 1 / 3], [1.0, 0.0]])
   np.testing.assert_array_equal(mask, [[True, True], [True, False]])
   np.testing.assert_allclose(starc.to_grid([1.0, 2.0, 3.0], cands), [[1.0, 2.0], [3.0, 0.0]])

@@ -33,6 +33,8 @@ distribution over each prompt's candidates (rows sum to 1 over the mask).
 """
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 
@@ -93,19 +95,27 @@ def empirical_space(samples_per_prompt):
 
   samples_per_prompt: P lists of sampled completions (repeats allowed) -> (candidates: P
   lists of the distinct completions, sorted; ref_probs [P, Y] their empirical frequencies;
-  mask [P, Y]), Y the largest number of distinct completions of any prompt."""
-  candidates, counts = [], []
+  mask [P, Y]; first [U]: each candidate's first position in the concatenated samples, so
+  per-sample values `v[first]` are per-candidate values in `candidates` order), Y the
+  largest number of distinct completions of any prompt, U the total number of candidates."""
+  candidates, counts, first, offset = [], [], [], 0
   for i, samples in enumerate(samples_per_prompt):
-    if len(samples) == 0:
+    samples = list(samples)
+    if not samples:
       raise ValueError(f"empirical_space: prompt {i} has no samples")
-    u, c = np.unique(np.asarray(list(samples), dtype=str), return_counts=True)
-    candidates.append([str(x) for x in u])
-    counts.append(c)
+    seen = {}
+    for j, text in enumerate(samples):
+      seen.setdefault(text, offset + j)
+    cands, tally = sorted(seen), collections.Counter(samples)
+    candidates.append(cands)
+    counts.append(np.array([tally[c] for c in cands], np.float64))
+    first += [seen[c] for c in cands]
+    offset += len(samples)
   probs = np.zeros((len(candidates), max(len(u) for u in candidates)))
   mask = np.zeros(probs.shape, bool)
   for i, c in enumerate(counts):
     probs[i, :len(c)], mask[i, :len(c)] = c / c.sum(), True
-  return candidates, probs, mask
+  return candidates, probs, mask, np.asarray(first, np.int64)
 
 
 def to_grid(values, candidates) -> np.ndarray:
