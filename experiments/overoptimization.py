@@ -30,8 +30,8 @@ the best-of-n prompts) between gold and every proxy, with its Spearman correlati
 gold drop. Writes <out>/table.md, results.json, overoptimization.png.
 
 Reward transforms and ensembles of several exported RMs have no hook in the RL pipeline
-yet; they are registered as temporary REWARDS entries for the duration of a run
-(`registered_rewards`).
+yet; they are registered as temporary rollout rewards (`rollout.REWARD_BUILDERS`) for the
+duration of a run (`registered_rewards`).
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ from rewardlab.rewards import transforms as T  # noqa: E402
 from rewardlab.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rewardlab.sampling import SamplingParams, make_sample_fn  # noqa: E402
 from rewardlab.sharding import make_mesh, shard_batch  # noqa: E402
-from rewardlab.train import PIPELINES  # noqa: E402
+from rewardlab.pipelines import PIPELINES  # noqa: E402
+from rewardlab.rollout import REWARD_BUILDERS  # noqa: E402
 
 AGG = {"ensemble_mean": "mean", "ensemble_wco": "min", "ensemble_uwo": "uwo"}
 ORACLE = "gold (oracle)"
@@ -130,16 +131,18 @@ def combine_members(cond: dict, member_scores: np.ndarray, ref: np.ndarray | Non
 
 @contextlib.contextmanager
 def registered_rewards(fns: dict):
-  """Adds reward functions to the REWARDS registry for the duration of a run."""
-  clash = sorted(set(fns) & set(REWARDS))
+  """Adds REWARDS-signature functions fn(texts, problems, lengths) -> [B] as rollout rewards
+  (`rollout.REWARD_BUILDERS`, which `rl.rewards` names are checked against) for a run."""
+  clash = sorted(set(fns) & set(REWARD_BUILDERS))
   if clash:
-    raise ValueError(f"registered_rewards: {clash} already name REWARDS entries")
-  REWARDS.update(fns)
+    raise ValueError(f"registered_rewards: {clash} already name rollout rewards")
+  REWARD_BUILDERS.update({name: (lambda ctx, fn=fn: lambda c: fn(c.texts, c.problems, c.lengths))
+                          for name, fn in fns.items()})
   try:
     yield
   finally:
     for k in fns:
-      REWARDS.pop(k, None)
+      REWARD_BUILDERS.pop(k, None)
 
 
 # --- the pieces of one seed ----------------------------------------------------------------
@@ -274,7 +277,9 @@ def rl_records(workdir: str, proxy_key: str) -> dict:
   """metrics.jsonl -> per-iteration d = sqrt(kl_ref * response_length), gold, proxy, length."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  rows = [r for r in rows if r["split"] == "train"]
+  # strict JSON: a non-finite metric is written as null; such an iteration is left out
+  keys = ("kl_ref", "response_length", "reward/gold", f"reward/{proxy_key}")
+  rows = [r for r in rows if r["split"] == "train" and all(r.get(k) is not None for k in keys)]
   kl = np.array([max(r["kl_ref"], 0.0) * r["response_length"] for r in rows])
   return {"d": np.sqrt(kl).tolist(), "gold": [r["reward/gold"] for r in rows],
           "proxy": [r[f"reward/{proxy_key}"] for r in rows], "length": [r["response_length"] for r in rows],

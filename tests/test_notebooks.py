@@ -8,7 +8,7 @@ from helpers import ROOT
 # notebook -> a line its run must print (evidence it ran to the end, not only that it did not fail)
 EXPECTED = {
     "quickstart.ipynb": "loss after 30 steps",
-    # trains 3 reward models, samples 4096 completions, runs 3 short GRPO runs: minutes on a CPU
+    # trains 3 reward models, samples ~10k completions, runs 4 short GRPO runs: minutes on a CPU
     "reward_hacking.ipynb": "best-of-n, proxy N=4096: gold peaks at n =",
 }
 SLOW = {"reward_hacking.ipynb"}

@@ -308,16 +308,21 @@ def test_study_conditions_and_member_combination():
     study.conditions(cfg)
 
 
-def test_registered_rewards_are_removed_after_the_run(tmp_path):
-  from rewardlab.rewards import REWARDS
+def test_registered_rewards_are_rollout_rewards_for_the_run_only():
+  from rewardlab.data import Problem
+  from rewardlab.rollout import REWARD_BUILDERS, Completions, RewardContext, build_rewards
   study, _ = _study()
-  with study.registered_rewards({"proxy_test": lambda c, p, l: np.zeros(len(c))}):
-    assert "proxy_test" in REWARDS
-  assert "proxy_test" not in REWARDS
-  with pytest.raises(ValueError, match="already name REWARDS"):
-    with study.registered_rewards({"gold": None}):
+  fn = lambda texts, problems, lengths: np.asarray(lengths, np.float32) * 2  # noqa: E731
+  with study.registered_rewards({"proxy_test": fn}):
+    built = build_rewards(["proxy_test", "gold"], RewardContext(group_size=2, vocab_size=264))
+    c = Completions(["21", "3"], [Problem("12+9=", "21")] * 2, np.array([1, 4]), None, None)
+    np.testing.assert_allclose(built["proxy_test"](c), [2.0, 8.0])
+    np.testing.assert_allclose(built["gold"](c), [1.0, 0.0 - 0.1])
+  assert "proxy_test" not in REWARD_BUILDERS
+  with pytest.raises(ValueError, match="already name rollout rewards"):
+    with study.registered_rewards({"gold": fn}):
       pass
-  assert REWARDS["gold"] is not None
+  assert "gold" in REWARD_BUILDERS
 
 
 def test_rl_records_turn_token_kl_into_sequence_kl(tmp_path):
@@ -326,11 +331,14 @@ def test_rl_records_turn_token_kl_into_sequence_kl(tmp_path):
           {"step": 1, "split": "train", "kl_ref": 0.5, "response_length": 2.0, "reward/gold": 0.3,
            "reward/proxy": 1.0, "reward/exact_answer": 0.25},
           {"step": 2, "split": "train", "kl_ref": -1e-4, "response_length": 3.0, "reward/gold": 0.2,
-           "reward/proxy": 2.0, "reward/exact_answer": 0.0}]
+           "reward/proxy": 2.0, "reward/exact_answer": 0.0},
+          {"step": 3, "split": "train", "kl_ref": None, "response_length": 3.0, "reward/gold": 0.2,
+           "reward/proxy": 2.0, "reward/exact_answer": 0.0, "nonfinite": ["kl_ref"]}]
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write("\n".join(json.dumps(r) for r in rows) + "\n")
   rec = study.rl_records(str(tmp_path), "proxy")
-  np.testing.assert_allclose(rec["d"], [1.0, 0.0])      # sqrt(0.5 * 2); a negative estimate clips to 0
+  # sqrt(0.5 * 2); a negative estimate clips to 0; a non-finite (null) iteration is left out
+  np.testing.assert_allclose(rec["d"], [1.0, 0.0])
   assert rec["gold"] == [0.3, 0.2] and rec["proxy"] == [1.0, 2.0] and rec["length"] == [2.0, 3.0]
 
 
