@@ -76,7 +76,12 @@ def test_cli_trains_and_resumes(tmp_path):
   assert steps == [0, 2, 4]  # resumed from step 2 without re-running step 0's eval
 
 
-@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+# study configs, read by experiments/<name>.py (which builds pipeline configs from them), not pipeline configs
+STUDY_CONFIGS = {"overoptimization"}
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                                        if f.endswith(".py") and f[:-3] not in STUDY_CONFIGS))
 def test_every_config_file_validates(name):
   """Every experiment config (default and tiny) passes start-up validation."""
   for variant in ("", "tiny"):

@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from rewardlab.data.preference import gold_reward
 from rewardlab.data.tasks import Problem
 from rewardlab.rewards.math_answer import MATH_REWARDS
 
@@ -30,6 +31,14 @@ def answer_format(completions, problems, lengths=None) -> np.ndarray:
   return np.array([float(bool(_ANSWER_FORMAT.match(c))) for c in completions], np.float32)
 
 
+def gold(completions, problems, lengths=None) -> np.ndarray:
+  """The synthetic tasks' known "true" reward (`data.preference.gold_reward`: 1 for the
+  answer, partial credit for right-aligned digits, minus 0.1 per wrong length). With weight
+  0 in `rl.rewards` it is only logged (`reward/gold`): the gold curve of a run optimising a
+  proxy."""
+  return np.array([gold_reward(c, p.answer) for c, p in zip(completions, problems)], np.float32)
+
+
 def length_penalty(completions, problems, lengths) -> np.ndarray:
   """-(generated tokens) / max over the batch: a mild push toward short answers."""
   lengths = np.asarray(lengths, np.float32)
@@ -40,6 +49,7 @@ REWARDS: dict[str, RewardFn] = {
     "exact_answer": exact_answer,
     "format": answer_format,
     "length_penalty": length_penalty,
+    "gold": gold,
     **MATH_REWARDS,      # math_answer, math_unparsable, math_timeout (math_answer.py)
 }
 
