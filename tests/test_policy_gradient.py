@@ -11,8 +11,11 @@ from rewardlab.ops import aggregate
 def test_group_advantages_closed_form():
   r = jnp.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
   a = pg.grpo_advantages(r, 4)
-  np.testing.assert_allclose(a[:4], [1, -1, -1, 1], atol=1e-5)   # mean .5, std .5
+  u = 0.5 / (np.sqrt(1 / 3) + 1e-4)                                # mean .5, unbiased std sqrt(1/3)
+  np.testing.assert_allclose(a[:4], [u, -u, -u, u], rtol=1e-6)
   np.testing.assert_allclose(a[4:], 0.0)                          # all-equal group -> 0
+  a_pop = pg.grpo_advantages(r, 4, eps=1e-6, std="population")    # the pre-issue-21 convention
+  np.testing.assert_allclose(a_pop[:4], [1, -1, -1, 1], atol=1e-5)  # population std .5
   np.testing.assert_allclose(pg.dr_grpo_advantages(r, 4)[:4], [0.5, -0.5, -0.5, 0.5])
   # RLOO: baseline excludes the sample itself
   r3 = jnp.array([3.0, 0.0, 0.0])

@@ -27,7 +27,12 @@ def test_dpo_family_closed_form():
   assert float(po.cdpo_loss(LW, LL, RW, RL, beta=beta, label_smoothing=eps)[0]) == pytest.approx(want, rel=1e-5)
   want = np.mean((-(1 - eps) * np.log(_sig(h)) + eps * np.log(_sig(-h))) / (1 - 2 * eps))
   assert float(po.robust_dpo_loss(LW, LL, RW, RL, beta=beta, label_smoothing=eps)[0]) == pytest.approx(want, rel=1e-5)
-  assert float(po.ipo_loss(LW, LL, RW, RL, beta=beta)[0]) == pytest.approx(np.mean((_gap() - 1.0) ** 2), rel=1e-5)
+  # IPO, length-normalised (default, as TRL): log-ratios [.5, -.5] / |w| = [2, 4], [-.5, .5] / |l| = [3, 1]
+  ipo_gap = np.array([0.5 / 2 + 0.5 / 3, -0.5 / 4 - 0.5 / 1])
+  assert float(po.ipo_loss(LW, LL, RW, RL, len_w=LEN_W, len_l=LEN_L, beta=beta)[0]) == pytest.approx(
+      np.mean((ipo_gap - 1.0) ** 2), rel=1e-5)
+  assert float(po.ipo_loss(LW, LL, RW, RL, beta=beta, length_normalize=False)[0]) == pytest.approx(
+      np.mean((_gap() - 1.0) ** 2), rel=1e-5)                        # summed log-probs (before issue 21)
   assert float(po.hinge_loss(LW, LL, RW, RL, beta=beta)[0]) == pytest.approx(np.mean(np.maximum(0, 1 - h)), rel=1e-5)
   rw, rl = 2.0 * np.array([-1.5, -1.25]), 2.0 * np.array([-4 / 3, -4.0])
   want = np.mean(-np.log(_sig(rw - rl - 0.5)))
