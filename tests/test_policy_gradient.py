@@ -167,3 +167,42 @@ def test_rewards_and_pass_at_k():
   assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))   # 1 - C(3,2)/C(4,2)
   with pytest.raises(ValueError, match="unknown"):
     combine({"vibes": 1.0})
+
+
+def test_clip_higher_uses_each_bound_on_its_own_side():
+  """DAPO's asymmetric range [1 - 0.2, 1 + 0.28]: a ratio of 1.25 is inside it (clipped by a
+  symmetric 0.2), 0.75 is below it (inside a symmetric 0.28)."""
+  logp_old = jnp.zeros((1, 4))
+  logp_new = jnp.log(jnp.array([[1.25, 1.3, 0.75, 0.85]]))
+  mask = jnp.ones((1, 4), bool)
+  kw = dict(clip_low=0.2, clip_high=0.28, beta=0.0, aggregation="token_mean")
+  pos, m_pos = pg.policy_gradient_loss(logp_new, logp_old, None, mask, jnp.array([1.0]), **kw)
+  assert float(pos) == pytest.approx(-(1.25 + 1.28 + 0.75 + 0.85) / 4, rel=1e-6)
+  assert float(m_pos["clip_frac"]) == pytest.approx(0.25)          # only 1.3 > 1.28
+  neg, m_neg = pg.policy_gradient_loss(logp_new, logp_old, None, mask, jnp.array([-1.0]), **kw)
+  assert float(neg) == pytest.approx((1.25 + 1.3 + 0.8 + 0.85) / 4, rel=1e-6)
+  assert float(m_neg["clip_frac"]) == pytest.approx(0.25)          # only 0.75 < 0.8
+  g = jax.grad(lambda x: pg.policy_gradient_loss(x, logp_old, None, mask, jnp.array([1.0]), **kw)[0])(logp_new)
+  np.testing.assert_allclose(g, [[-1.25 / 4, 0.0, -0.75 / 4, -0.85 / 4]], rtol=1e-6)   # d(-rho)/dlogp = -rho
+  # PPO passes the same asymmetric range to its surrogate
+  zeros = jnp.zeros((1, 4))
+  ppo, _ = pg.ppo_loss(logp_new, logp_old, None, mask, jnp.ones((1, 4)), zeros, zeros, zeros, value_coef=0.0, **kw)
+  assert float(ppo) == pytest.approx(float(pos), rel=1e-6)
+
+
+def test_surrogate_metrics_closed_form():
+  logp_old = jnp.zeros((2, 2))
+  logp_new = jnp.log(jnp.array([[1.5, 0.5], [1.0, 2.0]]))
+  mask = jnp.array([[True, True], [True, False]])
+  adv = jnp.array([[1.0, 1.0], [-2.0, -2.0]])
+  ent = jnp.array([[0.5, 1.5], [2.5, 100.0]])
+  _, m = pg.policy_gradient_loss(logp_new, logp_old, logp_old, mask, adv, beta=0.0, entropy=ent)
+  assert float(m["ratio_mean"]) == pytest.approx((1.5 + 0.5 + 1.0) / 3, rel=1e-6)
+  assert float(m["adv_mean"]) == pytest.approx((1 + 1 - 2) / 3, rel=1e-6)
+  assert float(m["adv_std"]) == pytest.approx(np.std([1.0, 1.0, -2.0]), rel=1e-6)
+  assert float(m["entropy"]) == pytest.approx(1.5, rel=1e-6)
+  assert float(m["response_length"]) == pytest.approx(1.5)
+  # approx_kl_old = mean k3(new || old) over the 3 real tokens
+  k3 = [1 / 1.5 + np.log(1.5) - 1, 1 / 0.5 + np.log(0.5) - 1, 0.0]
+  assert float(m["approx_kl_old"]) == pytest.approx(np.mean(k3), rel=1e-5)
+  assert float(m["clip_frac"]) == pytest.approx(1 / 3)   # 1.5 > 1.2 with A > 0; 0.5 < 0.8 but A > 0

@@ -129,3 +129,31 @@ def test_update_raises_chosen_and_lowers_rejected(name):
   m = fn(LW, LL, RW, RL, **kw)[1]
   for key in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
     assert key in m
+
+
+def test_kto_reference_point_carries_no_gradient():
+  """z = max(0, mean(logp - ref)) > 0 here; the gradient treats it as a constant:
+  d/d delta_i of lam_D (1 - sigma(beta (delta_i - z))) = -lam_D beta s (1 - s) for desirable
+  i, +lam_U beta s (1 - s) with s = sigma(beta (z - delta_i)) for undesirable i; / B."""
+  logp, ref = jnp.array([-1.0, -2.0, -0.5]), jnp.array([-3.0, -2.5, -1.0])
+  desirable = jnp.array([True, False, True])
+  beta, lam_d, lam_u = 0.5, 1.0, 2.0
+  delta = np.array([2.0, 0.5, 0.5])
+  z = delta.mean()
+  kw = dict(beta=beta, lambda_d=lam_d, lambda_u=lam_u)
+  loss, m = po.kto_loss(logp, ref, desirable, **kw)
+  assert float(m["kl_reference_point"]) == pytest.approx(z, rel=1e-6)
+  want = np.mean([lam_d * (1 - _sig(beta * (2.0 - z))), lam_u * (1 - _sig(beta * (z - 0.5))),
+                  lam_d * (1 - _sig(beta * (0.5 - z)))])
+  assert float(loss) == pytest.approx(want, rel=1e-6)
+  g = jax.grad(lambda x: po.kto_loss(x, ref, desirable, **kw)[0])(logp)
+  s = _sig(beta * (delta - z)) * np.array([1, 0, 1]) + _sig(beta * (z - delta)) * np.array([0, 1, 0])
+  sign_lam = np.array([-lam_d, lam_u, -lam_d])
+  np.testing.assert_allclose(g, sign_lam * beta * s * (1 - s) / 3, rtol=1e-5)
+  # the mismatched-pair estimate of z carries no gradient either
+  g_kl = jax.grad(lambda k: po.kto_loss(logp, ref, desirable, kl_logp=k, kl_ref=jnp.array([-3.0]), **kw)[0])(
+      jnp.array([-1.0]))
+  assert float(g_kl[0]) == 0.0
+  assert float(m["reward_chosen"]) == pytest.approx(beta * (2.0 + 0.5) / 2, rel=1e-6)
+  assert float(m["reward_rejected"]) == pytest.approx(beta * 0.5, rel=1e-6)
+  assert float(m["reward_margin"]) == pytest.approx(beta * 0.75, rel=1e-6)
