@@ -48,7 +48,8 @@ def _setup(optimizer, schedule=None, merge=None, frozen=None, params=None):
 
 def test_one_sgd_step_is_params_minus_lr_times_the_gradient():
   lr = 0.1
-  state, step, batch = _setup(optax.sgd(lr), schedule=optax.constant_schedule(lr))
+  schedule = optax.linear_schedule(0.3, 0.1, 2)     # what the lr metric reports: schedule(step)
+  state, step, batch = _setup(optax.sgd(lr), schedule=schedule)
   new, metrics = step(state, batch)
   gw, gb, loss = _grad(W0.astype(np.float64), float(B0))
   np.testing.assert_allclose(new.params["w"], W0 - lr * gw, rtol=1e-6)
@@ -56,11 +57,15 @@ def test_one_sgd_step_is_params_minus_lr_times_the_gradient():
   # metrics describe the step taken: loss before the update, the gradient's global norm
   assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-6)
   assert float(metrics["grad_norm"]) == pytest.approx(np.sqrt(np.sum(gw ** 2) + gb ** 2), rel=1e-6)
-  assert float(metrics["lr"]) == pytest.approx(lr)
+  assert float(metrics["lr"]) == pytest.approx(0.3)   # the rate of the step just taken
   assert "mean_err" in metrics
   assert int(new.step) == 1 and int(state.step) == 0
   # the key advances: the next step's rng is the first half of a split, never reused
   np.testing.assert_array_equal(new.rng, jax.random.split(state.rng)[0])
+  newer, metrics = step(new, batch)
+  assert float(metrics["lr"]) == pytest.approx(0.2) and int(newer.step) == 2
+  gw2, _, _ = _grad(np.asarray(new.params["w"], np.float64), float(new.params["b"]))
+  np.testing.assert_allclose(newer.params["w"], np.asarray(new.params["w"]) - lr * gw2, rtol=1e-5)
 
 
 def test_two_adam_steps_match_the_hand_written_update():
