@@ -70,6 +70,11 @@ EXTRA_MUTANTS = (
      "optimizer.update(jax.tree.map(lambda g: 0.5 * g, grads), state.opt_state, state.params)"),
 )
 
+# Mutants judged equivalent (no input the function is documented to take tells them apart),
+# matched by (file, function, text before, text after) so they survive line shifts. The summary
+# scores killed / (total - equivalent) and lists them apart.
+EQUIVALENT: tuple[tuple[str, str, str, str, str], ...] = ()
+
 FUNCTION_SWAPS = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",
                   "sum": "mean", "mean": "sum", "argmax": "argmin", "any": "all", "all": "any",
                   "log_sigmoid": "sigmoid", "softmax": "log_softmax", "log_softmax": "softmax"}
@@ -420,8 +425,10 @@ def build_test_map(scratch: str, test_files, files, reuse: bool = False) -> tupl
   data = coverage.CoverageData(data_file)
   data.read()
   test_map = {}
-  for f in files:
-    by_line = data.contexts_by_lineno(os.path.join(scratch, f))
+  measured = {m for m in data.measured_files()}
+  for f in files:   # match by the path inside the tree: a reused map may come from another scratch
+    path = next((m for m in measured if m.endswith(os.sep + f)), os.path.join(scratch, f))
+    by_line = data.contexts_by_lineno(path)
     test_map[f] = {line: sorted(c for c in ctxs if c) for line, ctxs in by_line.items()}
   return test_map, json.load(open(durations)), failed
 
@@ -437,28 +444,91 @@ def tests_for(m: Mutant, test_map, durations, failed) -> list[str]:
   return sorted((t for t in chosen if t not in failed), key=lambda t: durations.get(t, 60.0))
 
 
-def run_mutant(scratch: str, m: Mutant, tests, durations, original: str) -> dict:
+# third-party modules every test imports: loaded once in this process and inherited by each
+# forked mutant run (a fresh interpreter per mutant spent more on imports than on tests).
+# rewardlab itself is never imported here, so each child imports the mutated tree.
+PRELOAD = ("numpy", "jax", "jax.numpy", "flax", "flax.nnx", "optax", "chex", "ml_collections", "pytest")
+PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--no-header", "-rf")
+
+
+def preload(scratch: str) -> None:
+  """Environment first (JAX reads it at import), then the heavy imports; no JAX backend is
+  started here, so forking stays safe."""
+  import importlib
+  os.environ.update(_pytest_env(scratch))
+  sys.dont_write_bytecode = True
+  for name in PRELOAD:
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      pass
+
+
+def _run_forked(scratch: str, tests, budget: float) -> tuple[str, str]:
+  """pytest.main in a forked child -> (status, output)."""
+  import signal
+  out_path = os.path.join(scratch, ".mutant_output.txt")
+  sys.stdout.flush()
+  sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:   # child: never returns
+    rc = 3
+    try:
+      fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+      os.dup2(fd, 1)
+      os.dup2(fd, 2)
+      os.chdir(scratch)
+      sys.path.insert(0, scratch)
+      import pytest
+      rc = int(pytest.main([*PYTEST_ARGS, *tests]))
+    except BaseException:   # noqa: BLE001 - anything the mutant raised: report, exit non-zero
+      import traceback
+      traceback.print_exc()
+    finally:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(rc)
+  deadline = time.perf_counter() + budget
+  while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+      rc = os.waitstatus_to_exitcode(status)
+      break
+    if time.perf_counter() > deadline:
+      os.kill(pid, signal.SIGKILL)
+      os.waitpid(pid, 0)
+      return "timeout", ""
+    time.sleep(0.1)
+  out = open(out_path, encoding="utf-8", errors="replace").read()
+  return ("survived" if rc == 0 else "killed" if rc == 1 else f"error_rc{rc}"), out
+
+
+def _run_subprocess(scratch: str, tests, budget: float) -> tuple[str, str]:
+  try:
+    proc = subprocess.run([sys.executable, "-m", "pytest", *PYTEST_ARGS, *tests], cwd=scratch,
+                          env=_pytest_env(scratch), capture_output=True, text=True, timeout=budget)
+  except subprocess.TimeoutExpired:
+    return "timeout", ""
+  rc = proc.returncode
+  return ("survived" if rc == 0 else "killed" if rc == 1 else f"error_rc{rc}"), proc.stdout
+
+
+def run_mutant(scratch: str, m: Mutant, tests, durations, original: str, fork: bool = True) -> dict:
   path = os.path.join(scratch, m.file)
-  budget = 30.0 + 2.0 * sum(durations.get(t, 60.0) for t in tests)
+  # generous: a timeout counts as a kill, so it must mean a hang (a mutated loop bound), not a
+  # busy machine (durations come from the mapping run, on a machine whose load varies 2x)
+  budget = 120.0 + 5.0 * sum(durations.get(t, 60.0) for t in tests)
   with open(path, "w", encoding="utf-8") as f:
     f.write(apply(original, m))
   t0 = time.perf_counter()
   try:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                           "-o", "addopts=", "--no-header", "-rN", *tests], cwd=scratch,
-                          env=_pytest_env(scratch), capture_output=True, text=True, timeout=budget)
-    rc, out = proc.returncode, proc.stdout
-    status = "survived" if rc == 0 else "killed" if rc == 1 else f"error_rc{rc}"
-  except subprocess.TimeoutExpired:
-    status, out = "timeout", ""
+    status, out = (_run_forked if fork else _run_subprocess)(scratch, tests, budget)
   finally:
     with open(path, "w", encoding="utf-8") as f:
       f.write(original)
-  killer = next((line.split()[0] for line in out.splitlines() if " FAILED" in line or line.startswith("FAILED")), "")
-  if status == "killed":
-    fails = [line.split(" ", 1)[1].split(" - ")[0] for line in out.splitlines() if line.startswith("FAILED ")]
-    killer = fails[0] if fails else killer
-  return dict(status=status, seconds=round(time.perf_counter() - t0, 1), tests=len(tests), killer=killer)
+  fails = [line.split(" ", 1)[1].split(" - ")[0] for line in out.splitlines() if line.startswith("FAILED ")]
+  return dict(status=status, seconds=round(time.perf_counter() - t0, 1), tests=len(tests),
+              killer=fails[0] if fails else "")
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -466,23 +536,33 @@ def module_of(file: str) -> str:
   return file.replace("rewardlab/", "").replace(".py", "")
 
 
+def equivalent_reason(row) -> str | None:
+  for file, function, before, after, reason in EQUIVALENT:
+    if (row["file"], row["function"], row["before"], row["after"]) == (file, function, before, after):
+      return reason
+  return None
+
+
 def summarize(rows) -> str:
+  """Per module: killed (incl. timeouts and crashes) / total, and / (total - equivalent)."""
   per = collections.defaultdict(collections.Counter)
   for r in rows:
-    per[module_of(r["file"])][r["status"]] += 1
-  lines = [f"{'module':34s} killed/total  survived  uncovered  timeout"]
+    status = "equivalent" if r["status"] in ("survived", "uncovered") and equivalent_reason(r) else r["status"]
+    per[module_of(r["file"])][status] += 1
+  lines = [f"{'module':30s} {'killed/total':>14s} {'killed/non-equiv':>18s}  survived uncovered equivalent timeout"]
   tot = collections.Counter()
-  for mod in sorted(per):
-    c = per[mod]
+  for mod in sorted(per) + ["TOTAL"]:
+    c = tot if mod == "TOTAL" else per[mod]
     killed = c["killed"] + c["timeout"] + sum(v for k, v in c.items() if k.startswith("error"))
-    total = sum(c.values())
-    tot.update(killed=killed, total=total, survived=c["survived"], uncovered=c["uncovered"],
-               timeout=c["timeout"])
-    lines.append(f"{mod:34s} {killed:4d}/{total:<4d} {100 * killed / total:5.1f}%  {c['survived']:5d}  "
-                 f"{c['uncovered']:6d}  {c['timeout']:6d}")
-  if tot["total"]:
-    lines.append(f"{'TOTAL':34s} {tot['killed']:4d}/{tot['total']:<4d} {100 * tot['killed'] / tot['total']:5.1f}%  "
-                 f"{tot['survived']:5d}  {tot['uncovered']:6d}  {tot['timeout']:6d}")
+    total = sum(v for k, v in c.items() if k != "killed_all")
+    if mod != "TOTAL":
+      tot.update(c)
+    if not total:
+      continue
+    live = total - c["equivalent"]
+    lines.append(f"{mod:30s} {killed:5d}/{total:<4d}{100 * killed / total:5.1f}% {killed:5d}/{live:<4d}"
+                 f"{100 * killed / max(live, 1):5.1f}%  {c['survived']:8d} {c['uncovered']:9d} "
+                 f"{c['equivalent']:10d} {c['timeout']:7d}")
   return "\n".join(lines)
 
 
@@ -496,6 +576,7 @@ def main(argv=None):
   ap.add_argument("--show", help="print one mutant's change and exit")
   ap.add_argument("--summary", help="summarize a results file and exit")
   ap.add_argument("--survivors", action="store_true", help="with --summary: list the survivors")
+  ap.add_argument("--no-fork", action="store_true", help="a fresh interpreter per mutant (slower)")
   ap.add_argument("--scratch", help="scratch directory (default: a fresh temporary one); given, it is "
                   "kept, and a later run with the same --scratch reuses its test map")
   args = ap.parse_args(argv)
@@ -507,7 +588,10 @@ def main(argv=None):
     if args.survivors:
       for r in rows:
         if r["status"] in ("survived", "uncovered"):
-          print(f"{r['status']:9s} {r['id']:55s} {r['function']:28s} {r['before']!r} -> {r['after']!r}")
+          reason = equivalent_reason(r)
+          status = "equiv" if reason else r["status"]
+          print(f"{status:9s} {r['id']:55s} {r['function']:28s} {r['before']!r} -> {r['after']!r}"
+                + (f"  [{reason}]" if reason else ""))
     return
 
   scratch = make_scratch(args.rev, args.scratch or tempfile.mkdtemp(prefix="rewardlab-mutation-"))
@@ -535,6 +619,8 @@ def main(argv=None):
   print(f"test map in {time.perf_counter() - t0:.0f} s; {len(durations)} tests; failing before mutation: "
         f"{failed}", flush=True)
   originals = {f: open(os.path.join(scratch, f), encoding="utf-8").read() for f in files}
+  if not args.no_fork:
+    preload(scratch)
   with open(args.out, "a") as out:
     for i, m in enumerate(todo):
       tests = tests_for(m, test_map, durations, set(failed))
@@ -543,7 +629,7 @@ def main(argv=None):
       if not tests:
         row.update(status="uncovered", seconds=0.0, tests=0, killer="")
       else:
-        row.update(run_mutant(scratch, m, tests, durations, originals[m.file]))
+        row.update(run_mutant(scratch, m, tests, durations, originals[m.file], fork=not args.no_fork))
       out.write(json.dumps(row) + "\n")
       out.flush()
       print(f"[{i + 1}/{len(todo)}] {row['status']:9s} {row['seconds']:6.1f}s {m.id} "
