@@ -129,6 +129,8 @@ def test_attribute_mse_ordinal_general_and_process_by_hand():
                             jnp.array([[True, True], [True, False]]))
   assert float(loss) == pytest.approx(-(ls(2.0) + ls(0.0) + ls(1.0)) / 3, rel=1e-6)
   assert float(m["step_accuracy"]) == pytest.approx(2 / 3)
+  loss, m = rmo.process_bce(jnp.array([[-3.0, 4.0]]), jnp.array([[0.0, 0.0]]), jnp.array([[True, False]]))
+  assert float(loss) == pytest.approx(-ls(3.0), rel=1e-6) and float(m["step_accuracy"]) == 1.0   # one real step
 
 
 def test_ensemble_aggregation_order_and_agreement():
