@@ -572,6 +572,9 @@ def main(argv=None):
   ap.add_argument("--out", default="runs/mutation/results.jsonl")
   ap.add_argument("--files", help="comma-separated subset of the target files")
   ap.add_argument("--ids", help="comma-separated mutant ids to (re)run")
+  ap.add_argument("--rerun-survivors", metavar="FILE",
+                  help="(re)run the mutants FILE has as survived or uncovered (after adding tests); "
+                       "the new rows are appended to --out and win in the summary")
   ap.add_argument("--list", action="store_true", help="print the mutants and exit")
   ap.add_argument("--show", help="print one mutant's change and exit")
   ap.add_argument("--summary", help="summarize a results file and exit")
@@ -598,7 +601,10 @@ def main(argv=None):
   files = [f for f in TARGETS if not args.files or f in args.files.split(",")]
   mutants = [m for f in files if os.path.exists(os.path.join(scratch, f))
              for m in generate(os.path.join(scratch, f), f, TARGETS[f])]
-  if args.ids:
+  if args.rerun_survivors:
+    last = {r["id"]: r for r in map(json.loads, open(args.rerun_survivors))}
+    args.ids = ",".join(i for i, r in last.items() if r["status"] in ("survived", "uncovered"))
+  if args.ids is not None:
     wanted = set(args.ids.split(","))
     mutants = [m for m in mutants if m.id in wanted]
   if args.list or args.show:
@@ -610,7 +616,7 @@ def main(argv=None):
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   done = set()
-  if os.path.exists(args.out) and not args.ids:
+  if os.path.exists(args.out) and args.ids is None:
     done = {json.loads(line)["id"] for line in open(args.out)}
   todo = [m for m in mutants if m.id not in done]
   print(f"{len(mutants)} mutants, {len(todo)} to run; scratch {scratch}", flush=True)
