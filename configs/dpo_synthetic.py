@@ -31,7 +31,9 @@ def get_config(variant: str = "", objective: str = "dpo"):
   c.objective = ml_collections.ConfigDict(dict(
       name=objective, beta=placeholder(float), label_smoothing=placeholder(float),
       gamma=placeholder(float), lam=placeholder(float), alpha=placeholder(float),
-      eta=placeholder(float), token_alpha=placeholder(float)))
+      eta=placeholder(float), token_alpha=placeholder(float),
+      # IPO: average log-probs per completion token (True, TRL's convention) or sum them
+      length_normalize=placeholder(bool)))
   c.data.update(num_pairs=4096, label_noise=0.0, p_answer=1.0, batch_size=64)
   c.data.pref_path = ""
   c.data.unpaired_path = ""      # KTO only: (prompt, completion, label) rows instead of pairs

@@ -7,6 +7,8 @@ Other objectives on the same task and budget:
        --config.objective.name=dr_grpo | dapo | gspo | rloo | reinforce_pp
        (configs/rl_<name>.py hold the same thing as files)
 Override a loss setting: --config.objective.beta=0.0 --config.objective.clip_high=0.28
+  conventions: --config.objective.advantage_std=population --config.objective.adv_eps=1e-6
+               --config.objective.kl_clamp=0 (off)
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -22,7 +24,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
   c.objective = ml_collections.ConfigDict(dict(
       name=objective, clip_low=placeholder(float), clip_high=placeholder(float),
       beta=placeholder(float), kl=placeholder(str), aggregation=placeholder(str),
-      ratio_level=placeholder(str)))
+      ratio_level=placeholder(str),
+      # group advantage: std "unbiased" | "population", eps added to it (TRL/verl conventions,
+      # see PG_OBJECTIVES); the k3 KL penalty clamped to [-kl_clamp, kl_clamp] (0 = off)
+      advantage_std=placeholder(str), adv_eps=placeholder(float), kl_clamp=placeholder(float)))
   c.rl = ml_collections.ConfigDict(dict(
       num_prompts=64, group_size=8, max_new_tokens=6, temperature=1.0, top_p=1.0, epochs=1,
       minibatch_size=256, max_refill_rounds=2,

@@ -25,3 +25,14 @@ def test_sft_gradient_raises_target_logprob_and_ignores_masked():
   g = jax.grad(lambda x: OBJECTIVES["sft"](x, mask)[0])(logps)
   assert np.all(np.asarray(g[0, :2]) < 0)  # descending the loss raises log-probs
   assert float(g[0, 2]) == 0.0
+
+
+def test_sft_metrics_with_one_and_zero_loss_tokens():
+  logps = jnp.log(jnp.array([[0.5, 0.9], [0.2, 0.3]]))
+  one = jnp.array([[False, False], [True, False]])
+  loss, m = OBJECTIVES["sft"](logps, one)
+  assert float(loss) == pytest.approx(-np.log(0.2), rel=1e-6)
+  assert float(m["nll_per_token"]) == pytest.approx(-np.log(0.2), rel=1e-6)
+  assert float(m["loss_tokens"]) == 1.0
+  loss, m = OBJECTIVES["sft"](logps, jnp.zeros((2, 2), bool))
+  assert float(loss) == 0.0 and float(m["nll_per_token"]) == 0.0 and float(m["ppl"]) == 1.0

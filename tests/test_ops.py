@@ -80,3 +80,25 @@ def test_kl_estimators_closed_form():
   assert float(kl_estimate(ref, ref, "k3")[0]) == 0.0
   with pytest.raises(ValueError, match="k4"):
     kl_estimate(logp, ref, "k4")
+
+
+def test_masked_var_per_row_and_seq_mean_with_an_empty_row():
+  x = jnp.array([[1.0, 3.0, 100.0], [2.0, 2.0, 8.0], [5.0, 0.0, 0.0]])
+  m = jnp.array([[True, True, False], [True, True, True], [False, False, False]])
+  np.testing.assert_allclose(masked_var(x, m, axis=-1), [1.0, 8.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(masked_var(x.T, m.T, axis=0), [1.0, 8.0, 0.0], rtol=1e-6)
+  assert float(masked_var(x, m)) == pytest.approx(np.var([1.0, 3.0, 2.0, 2.0, 8.0]), rel=1e-6)
+  # an empty sequence counts as 0 in seq_mean, and the batch size stays the divisor
+  assert float(aggregate(x, m, "seq_mean")) == pytest.approx((2.0 + 4.0 + 0.0) / 3, rel=1e-6)
+
+
+def test_chunked_logprobs_stay_finite_and_exact_at_large_logits():
+  """The running max keeps exp() in range: logits in the hundreds (f32 exp overflows past
+  ~88) give the same log-probs and entropies as the naive float64 computation."""
+  h = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 4))
+  w = jax.random.normal(jax.random.PRNGKey(4), (4, 10)) * 60.0
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 3), 0, 10)
+  assert float(jnp.max(jnp.abs(h @ w))) > 100.0
+  logps, ent = chunked_token_logprobs(h, w, tokens, chunk_size=3, with_entropy=True)
+  np.testing.assert_allclose(logps, _naive_logprobs(h @ w, tokens), rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(ent, token_entropy_from_logits(h @ w), atol=1e-3)

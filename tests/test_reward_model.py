@@ -70,6 +70,69 @@ def test_other_objectives_closed_form():
   assert float(m["step_accuracy"]) == 0.5
 
 
+def test_pair_metrics_and_centering_by_hand():
+  """accuracy over decided pairs with a strict win (d = 0 is not one), margin and P(chosen)
+  as batch means, the centering term (r_c + r_r)^2 per pair."""
+  rc, rr = jnp.array([1.5, 0.0, 2.0]), jnp.array([0.5, 0.0, -1.0])
+  tie = jnp.array([False, False, True])
+  loss, m = rmo.bradley_terry(rc, rr, tie=tie, center_coef=0.1)
+  d = np.array([1.0, 0.0, 3.0])
+  center = np.array([4.0, 0.0, 1.0])
+  nll = [-ls(1.0), -ls(0.0), -0.5 * ls(3.0) - 0.5 * ls(-3.0)]
+  assert float(loss) == pytest.approx(np.mean(np.array(nll) + 0.1 * center), rel=1e-6)
+  assert float(m["accuracy"]) == 0.5
+  assert float(m["margin"]) == pytest.approx(d.mean(), rel=1e-6)
+  assert float(m["prob_chosen"]) == pytest.approx(np.mean(1 / (1 + np.exp(-d))), rel=1e-6)
+  assert float(m["reward_chosen"]) == pytest.approx(3.5 / 3, rel=1e-6)
+  assert float(m["reward_rejected"]) == pytest.approx(-0.5 / 3, rel=1e-6)
+  assert float(m["center"]) == pytest.approx(5 / 3, rel=1e-6)
+  _, m = rmo.bradley_terry(rc, rr, tie=jnp.ones(3, bool))
+  assert float(m["accuracy"]) == 0.0                       # nothing decided: 0, not NaN
+
+
+def test_attribute_mse_ordinal_general_and_process_by_hand():
+  pred = jnp.array([[1.0, 2.0, 3.0], [0.5, 0.0, 0.0]])
+  ratings = jnp.array([[0.0, 1.0, 5.0], [1.0, 9.0, 9.0]])
+  mask = jnp.array([[True, True, True], [True, False, False]])
+  loss, m = rmo.attribute_mse(pred, ratings, mask)
+  assert float(loss) == pytest.approx((1 + 1 + 4 + 0.25) / 4, rel=1e-6) and float(m["attribute_mse"]) == float(loss)
+  assert float(rmo.attribute_mse(pred, ratings, jnp.zeros_like(mask))[0]) == 0.0
+  # ordinal preference: -log P(c > r), ties target 1/2, P clipped to [1e-6, 1 - 1e-6]
+  lc = jnp.array([[0.1, 0.5, -0.2], [2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+  lr = jnp.array([[0.3, -0.1, 0.0], [-1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+  pc, pr = np.asarray(jax.nn.softmax(lc)), np.asarray(jax.nn.softmax(lr))
+  beats = np.array([[1.0 if i > j else 0.5 if i == j else 0.0 for j in range(3)] for i in range(3)])
+  p = np.einsum("bi,ij,bj->b", pc, beats, pr)
+  tie = jnp.array([False, False, True])
+  loss, m = rmo.ordinal_preference(lc, lr, tie=tie, label_smoothing=0.1)
+  want = [-(0.9 * np.log(p[0]) + 0.1 * np.log1p(-p[0])), -(0.9 * np.log(p[1]) + 0.1 * np.log1p(-p[1])),
+          -(0.5 * np.log(p[2]) + 0.5 * np.log1p(-p[2]))]
+  assert float(loss) == pytest.approx(np.mean(want), rel=1e-5)
+  logit = np.log(p) - np.log1p(-p)
+  assert float(m["margin"]) == pytest.approx(logit.mean(), rel=1e-5)
+  assert float(m["accuracy"]) == pytest.approx(np.mean(logit[:2] > 0))
+  default, _ = rmo.ordinal_preference(lc[:2], lr[:2])      # no ties, no smoothing
+  assert float(default) == pytest.approx(-np.mean(np.log(p[:2])), rel=1e-5)
+  sure_loss, _ = rmo.ordinal_preference(jnp.eye(3)[:1] * 40.0, jnp.eye(3)[2:] * 40.0)   # P = 0 -> 1e-6
+  assert float(sure_loss) == pytest.approx(-np.log(1e-6), rel=1e-4)
+  # general preference: the score is the logit
+  loss, m = rmo.general_preference(jnp.array([2.0, -1.0, 0.5]), tie=jnp.array([False, False, True]))
+  assert float(loss) == pytest.approx(np.mean([-ls(2.0), -ls(-1.0), -0.5 * ls(0.5) - 0.5 * ls(-0.5)]), rel=1e-6)
+  assert float(m["accuracy"]) == 0.5
+  assert float(rmo.general_preference(jnp.array([2.0]), label_smoothing=0.2)[0]) == pytest.approx(
+      -0.8 * ls(2.0) - 0.2 * ls(-2.0), rel=1e-6)
+  # ordinal CE and process BCE average over real entries only; a logit of 0 predicts "wrong"
+  loss, _ = rmo.ordinal_ce(jnp.log(jnp.array([[0.2, 0.8], [0.5, 0.5], [0.9, 0.1]])), jnp.array([1, 0, 1]),
+                           jnp.array([True, True, False]))
+  assert float(loss) == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2, rel=1e-6)
+  loss, m = rmo.process_bce(jnp.array([[2.0, 0.0], [-1.0, 5.0]]), jnp.array([[1.0, 1.0], [0.0, 1.0]]),
+                            jnp.array([[True, True], [True, False]]))
+  assert float(loss) == pytest.approx(-(ls(2.0) + ls(0.0) + ls(1.0)) / 3, rel=1e-6)
+  assert float(m["step_accuracy"]) == pytest.approx(2 / 3)
+  loss, m = rmo.process_bce(jnp.array([[-3.0, 4.0]]), jnp.array([[0.0, 0.0]]), jnp.array([[True, False]]))
+  assert float(loss) == pytest.approx(-ls(3.0), rel=1e-6) and float(m["step_accuracy"]) == 1.0   # one real step
+
+
 def test_ensemble_aggregation_order_and_agreement():
   scores = jax.random.uniform(jax.random.PRNGKey(0), (256, 5))
   mean, mn, uwo = (H.ENSEMBLE_AGGREGATIONS[k](scores, 1.0) for k in ("mean", "min", "uwo"))

@@ -136,6 +136,35 @@ def test_top_p_keeps_the_smallest_top_set_reaching_the_mass():
   np.testing.assert_array_equal(jnp.isfinite(kept), [[True, True, False, False]])
 
 
+def test_top_p_boundary_mass_exactly_equal_keeps_no_extra_token():
+  """When the top set's mass equals top_p exactly (in the f32 the sampler computes it in),
+  that set already reaches top_p: the next token is not kept."""
+  logits = jnp.log(jnp.array([[0.45, 0.3, 0.15, 0.1]]))
+  probs = jax.nn.softmax(logits, axis=-1)
+  for k in (1, 2, 3):
+    mass = float(jnp.sum(jnp.where(logits >= logits[0, k - 1], probs, 0.0)))   # f32, exact sum
+    kept = jnp.isfinite(process_logits(logits, SamplingParams(top_p=mass)))
+    np.testing.assert_array_equal(kept, [[i < k for i in range(4)]], err_msg=f"top {k}, mass {mass}")
+    above = jnp.isfinite(process_logits(logits, SamplingParams(top_p=float(np.nextafter(np.float32(mass), 1)))))
+    assert int(jnp.sum(above)) == k + 1
+
+
+def test_disabled_truncation_keeps_every_token_and_top_k_one_is_argmax():
+  """top_p = 1 and top_k = 0 must not truncate: the nucleus bisection run at top_p = 1 drops
+  tokens once the f32 mass of the rest still rounds to 1 (here most of a spread-out
+  vocabulary), so it must not run. top_k = 1 keeps the argmax alone."""
+  logits = jnp.asarray((np.random.default_rng(0).standard_normal((4, 64)) * 6).astype(np.float32))
+  kept = process_logits(logits, SamplingParams(top_p=1.0, top_k=0))
+  np.testing.assert_array_equal(kept, logits)
+  one = jnp.isfinite(process_logits(logits, SamplingParams(top_k=1)))
+  np.testing.assert_array_equal(one, jax.nn.one_hot(jnp.argmax(logits, -1), 64).astype(bool))
+  whole = process_logits(logits, SamplingParams(top_k=64))             # k = V: nothing to cut
+  np.testing.assert_array_equal(whole, logits)
+  # grow_cache_every = 0: one segment with every slot allocated up front
+  assert SamplingParams(max_new_tokens=7, grow_cache_every=0).segment_ends() == (7,)
+  assert SamplingParams(max_new_tokens=7, grow_cache_every=3).segment_ends() == (3, 6, 7)
+
+
 def test_low_temperature_equals_greedy(split):
   _, greedy = _sample(split, SamplingParams(max_new_tokens=8, temperature=0.0))
   _, cold = _sample(split, SamplingParams(max_new_tokens=8, temperature=1e-4), seed=5)

@@ -125,3 +125,42 @@ def test_spark_pairwise_examples_pick_a_right_and_a_wrong_answer_and_alternate_s
   assert out[0] == Problem("1+1=A:2\nB:3\nbetter?", "A")        # group 0: correct on side A
   assert out[3] == Problem("2+2=A:1\nB:4\nbetter?", "B")        # group 1: correct on side B
   assert out[6] == point[6] and out[1:3] == point[1:3]          # no correct answer: unchanged
+
+
+def test_judge_pure_parts_by_hand():
+  """score_from_logits renormalises over the score tokens only; the prompt keeps the answer's
+  first line; judge examples are labelled with the first (yes) / last (no) score token."""
+  logits = jnp.array([[0.0, 2.0, 5.0, 1.0, 0.0], [3.0, 0.0, 0.0, 0.0, 9.0]])
+  p = np.exp([[2.0, 5.0, 1.0], [0.0, 0.0, 0.0]])
+  p /= p.sum(1, keepdims=True)
+  np.testing.assert_allclose(score_from_logits(logits, (1, 2, 3), "expected"), p @ np.array([1.0, 2.0, 3.0]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(score_from_logits(logits, (2, 1), "p_yes"),
+                             [np.exp(5) / (np.exp(5) + np.exp(2)), 0.5], rtol=1e-6)
+  with pytest.raises(ValueError, match="judge mode 'vote'; allowed: expected, p_yes"):
+    score_from_logits(logits, (1, 2), "vote")
+  graphdef, _ = _model()
+  judge = Judge(graphdef, ByteTokenizer(), max_len=24, template="Q{question}A{answer}?")
+  assert judge.prompt("1+1=", "2\nbecause") == "Q1+1=A2?"
+  from rewardlab.data.tasks import Problem
+  ex = judge.examples([Problem("1+1=", "2"), Problem("2+2=", "4")], ["2", "5"], [True, False])
+  assert ex == [Problem("Q1+1=A2?", "Y"), Problem("Q2+2=A5?", "N")]
+  with pytest.raises(ValueError, match="mode p_yes takes two score tokens"):
+    Judge(graphdef, ByteTokenizer(), 24, score_tokens=("1", "2", "3"))
+
+
+def test_voting_weights_borda_power_and_auc_edges():
+  assert sr.majority_answers(["1", "2", "2", "3", "3", "1"], 3, weights=[3.0, 1.0, 1.0, 1.0, 1.0, 0.5]) == ["1", "3"]
+  np.testing.assert_array_equal(sr.borda_weights([0.1, 0.9, 0.5], 3, power=2.0), [1.0, 9.0, 4.0])
+  assert sr.select_by_vote(["7", "8", "8"], 3) == ["8"]
+  with pytest.raises(ValueError, match="5 answers are not whole groups of n=2"):
+    sr.majority_answers(["1"] * 5, 2)
+  assert np.isnan(sr.auc([0.1, 0.2], [0, 0])) and np.isnan(sr.auc([0.1, 0.2], [1, 1]))
+  assert sr.auc([0.2, 0.9], [1, 0]) == 0.0
+  # self-certainty averages over the masked tokens of each row only
+  logits = jnp.stack([jnp.zeros((2, 4)), jnp.array([[8.0, 0, 0, 0], [0.0, 0, 0, 0]])])
+  mask = jnp.array([[True, False], [True, False]])
+  peaked = math.log(math.exp(8) + 3) - 8 / 4 - math.log(4)
+  np.testing.assert_allclose(sr.self_certainty_from_logits(logits, mask), [0.0, peaked], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(sr.self_certainty_from_logits(logits, jnp.zeros((2, 2), bool)), [0.0, 0.0])
+  assert float(sr.laser_loss(jnp.array([0.5, 2.0]), jnp.array([1.0, 0.0]))) == pytest.approx((0.25 + 4.0) / 2)

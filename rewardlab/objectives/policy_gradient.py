@@ -41,10 +41,27 @@ def _groups(rewards, group_size):
   return rewards.reshape(-1, group_size)
 
 
-def grpo_advantages(rewards, group_size: int, eps: float = 1e-6):
-  """A_i = (r_i - mean_g r) / (std_g r + eps). rewards [B] -> [B]."""
+ADVANTAGE_STDS = ("unbiased", "population")
+
+
+def grpo_advantages(rewards, group_size: int, eps: float = 1e-4, std: str = "unbiased"):
+  """A_i = (r_i - mean_g r) / (std_g r + eps). rewards [B] -> [B].
+
+  std "unbiased" divides the squared deviations by G - 1 (Bessel), as TRL
+  (trl/trainer/grpo_trainer.py, GRPOTrainer._generate_and_score_completions via
+  trl/trainer/utils.py nanstd; eps 1e-4), OpenRLHF (openrlhf/trainer/ppo_utils/
+  experience_maker.py, compute_advantages_and_returns, "group_norm": torch std; eps 1e-9) and
+  verl (verl/trainer/ppo/core_algos.py, compute_grpo_outcome_advantage: torch.std; eps 1e-6)
+  all do; "population" divides by G (rewardlab before issue 21), which makes |A| larger by
+  sqrt(G / (G - 1)): 6.9% at G = 8, 15% at G = 4. The defaults are TRL's; `PG_OBJECTIVES`
+  sets each method's own."""
+  if std not in ADVANTAGE_STDS:
+    raise ValueError(f"grpo_advantages: std={std!r} is unknown; allowed: {ADVANTAGE_STDS}")
+  if std == "unbiased" and group_size < 2:
+    raise ValueError(f"grpo_advantages: group_size={group_size}: the unbiased std needs >= 2 samples per group")
   r = _groups(rewards, group_size)
-  a = (r - r.mean(-1, keepdims=True)) / (r.std(-1, keepdims=True) + eps)
+  sd = r.std(-1, ddof=1 if std == "unbiased" else 0, keepdims=True)
+  a = (r - r.mean(-1, keepdims=True)) / (sd + eps)
   return a.reshape(-1)
 
 
@@ -120,15 +137,18 @@ def ppo_targets(rewards, logp_old, logp_ref, values, mask, *, kl_in_reward: floa
 # ----------------------------------------------------------------------------- losses
 def policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages, *,
                          clip_low: float = 0.2, clip_high: float = 0.2, beta: float = 0.0,
-                         kl: str = "k3", aggregation: str = "seq_mean",
-                         max_len: int | None = None, ratio_level: str = "token",
-                         entropy=None):
+                         kl: str = "k3", kl_clamp: float | None = 10.0,
+                         aggregation: str = "seq_mean", max_len: int | None = None,
+                         ratio_level: str = "token", entropy=None):
   """Clipped surrogate + beta * KL(pi || ref), aggregated by the shared `aggregate`.
 
   logp_new/logp_old/logp_ref/mask: [B, T]; advantages: [B] (broadcast) or [B, T].
   ratio_level "token": rho_t = exp(logp_new - logp_old) (GRPO/DAPO/RLOO);
   "sequence": s_i = exp(mean_t(logp_new - logp_old)) for every token (GSPO).
-  loss_t = -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A) + beta * KL_t.
+  loss_t = -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A) + beta * KL_t,
+  KL_t = clip(kl_estimate, -kl_clamp, kl_clamp): [-10, 10] as OpenRLHF and verl clamp k3
+  (see `ops.kl_estimate`); None or 0 turns the clamp off. The `kl_ref` metric is the
+  clamped estimate the loss uses.
   """
   mask = mask.astype(bool)
   adv = advantages[:, None] if advantages.ndim == 1 else advantages
@@ -144,7 +164,8 @@ def policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages, *,
   clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
   surrogate = jnp.minimum(ratio * adv, clipped * adv)
   per_token = -surrogate
-  kl_ref = kl_estimate(logp_new, logp_ref, kl) if logp_ref is not None else jnp.zeros_like(logp_new)
+  kl_ref = (kl_estimate(logp_new, logp_ref, kl, kl_clamp) if logp_ref is not None
+            else jnp.zeros_like(logp_new))
   if beta:
     per_token = per_token + beta * kl_ref
   loss = aggregate(per_token, mask, aggregation, max_len)
@@ -203,27 +224,44 @@ def zero_grad_group_fraction(advantages, group_size: int):
 
 
 # ----------------------------------------------------------------------------- registry
-# method -> (advantage estimator, default loss settings). Config `objective.*` overrides.
+# method -> (advantage estimator, default settings). Config `objective.*` overrides any key.
+# Conventions follow the implementation users compare each method against:
+#   advantage_std / adv_eps (group-normalised estimators): grpo as TRL (unbiased, 1e-4);
+#     dapo and gspo as verl, where DAPO's and GSPO's reference recipes run (unbiased, 1e-6);
+#     OpenRLHF's group_norm is adv_eps=1e-9; rewardlab before issue 21 was population, 1e-6.
+#   kl_clamp: the KL penalty clamped to [-10, 10] as in OpenRLHF and verl (0 turns it off).
 PG_OBJECTIVES = {
-    "grpo": dict(advantage="grpo", clip_low=0.2, clip_high=0.2, beta=0.04, kl="k3",
-                 aggregation="seq_mean", ratio_level="token"),
-    "dr_grpo": dict(advantage="dr_grpo", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k3",
+    "grpo": dict(advantage="grpo", advantage_std="unbiased", adv_eps=1e-4, clip_low=0.2, clip_high=0.2,
+                 beta=0.04, kl="k3", kl_clamp=10.0, aggregation="seq_mean", ratio_level="token"),
+    "dr_grpo": dict(advantage="dr_grpo", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k3", kl_clamp=10.0,
                     aggregation="constant_sum", ratio_level="token"),
-    "dapo": dict(advantage="grpo", clip_low=0.2, clip_high=0.28, beta=0.0, kl="k3",
-                 aggregation="token_mean", ratio_level="token", dynamic_sampling=True,
-                 overlong_buffer=1, overlong_penalty=1.0),
-    "gspo": dict(advantage="grpo", clip_low=3e-4, clip_high=4e-4, beta=0.0, kl="k3",
-                 aggregation="seq_mean", ratio_level="sequence"),
-    "rloo": dict(advantage="rloo", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k3",
+    "dapo": dict(advantage="grpo", advantage_std="unbiased", adv_eps=1e-6, clip_low=0.2, clip_high=0.28,
+                 beta=0.0, kl="k3", kl_clamp=10.0, aggregation="token_mean", ratio_level="token",
+                 dynamic_sampling=True, overlong_buffer=1, overlong_penalty=1.0),
+    "gspo": dict(advantage="grpo", advantage_std="unbiased", adv_eps=1e-6, clip_low=3e-4, clip_high=4e-4,
+                 beta=0.0, kl="k3", kl_clamp=10.0, aggregation="seq_mean", ratio_level="sequence"),
+    "rloo": dict(advantage="rloo", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k3", kl_clamp=10.0,
                  aggregation="token_mean", ratio_level="token"),
     "reinforce_pp": dict(advantage="reinforce_pp", clip_low=0.2, clip_high=0.2, beta=0.0,
-                         kl="k1", kl_in_reward=0.01, aggregation="token_mean", ratio_level="token"),
+                         kl="k1", kl_clamp=10.0, kl_in_reward=0.01, aggregation="token_mean",
+                         ratio_level="token"),
     "ppo": dict(advantage="gae", clip_low=0.2, clip_high=0.2, beta=0.0, kl="k1",
                 kl_in_reward=0.02, gamma=1.0, lam=0.95, value_clip=0.2, value_coef=0.5,
                 aggregation="token_mean", ratio_level="token"),
 }
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce_pp": reinforce_pp_advantages}
-LOSS_KEYS = ("clip_low", "clip_high", "beta", "kl", "aggregation", "ratio_level")
+LOSS_KEYS = ("clip_low", "clip_high", "beta", "kl", "kl_clamp", "aggregation", "ratio_level")
+# group advantage estimator -> {its keyword argument: the settings key that sets it}
+ADVANTAGE_KEYS = {"grpo": {"std": "advantage_std", "eps": "adv_eps"}, "dr_grpo": {}, "rloo": {}}
+
+
+def advantage_kwargs(settings: dict) -> dict:
+  """Keyword arguments of `ADVANTAGES[settings["advantage"]]` taken from the method's
+  settings (PG_OBJECTIVES defaults overridden by config `objective.*`), e.g.
+  {"std": "unbiased", "eps": 1e-4} for grpo. Estimators without settings get {}."""
+  keys = ADVANTAGE_KEYS.get(settings["advantage"], {})
+  return {arg: settings[key] for arg, key in keys.items() if settings.get(key) is not None}
+
 
 OBJECTIVES = {name: (ppo_loss if name == "ppo" else policy_gradient_loss) for name in PG_OBJECTIVES}

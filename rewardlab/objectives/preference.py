@@ -8,7 +8,7 @@ them. With `delta_w = logp_w - ref_w`, `delta_l = logp_l - ref_l` and
   dpo      -log sigma(h)
   cdpo     -(1-eps) log sigma(h) - eps log sigma(-h)              (label smoothing)
   robust   [-(1-eps) log sigma(h) + eps log sigma(-h)] / (1 - 2 eps)
-  ipo      (delta_w - delta_l - 1/(2 beta))^2
+  ipo      (delta_w/|w| - delta_l/|l| - 1/(2 beta))^2                (summed with length_normalize=False)
   hinge    max(0, 1 - h)                                          (SLiC)
   simpo    -log sigma(beta logp_w/|w| - beta logp_l/|l| - gamma)  (no reference)
   orpo     NLL(w)/|w| - lam log sigma(log odds_w - log odds_l),  odds = p/(1-p), p = exp(mean logp)
@@ -64,9 +64,22 @@ def robust_dpo_loss(logp_w, logp_l, ref_w, ref_l, *, beta: float = 0.1, label_sm
   return jnp.mean(loss), _metrics(beta, logp_w, logp_l, ref_w, ref_l)
 
 
-def ipo_loss(logp_w, logp_l, ref_w, ref_l, *, beta: float = 0.1, **_):
-  """IPO: regress the log-ratio gap to 1/(2 beta)."""
-  gap = (logp_w - ref_w) - (logp_l - ref_l)
+def ipo_loss(logp_w, logp_l, ref_w, ref_l, *, beta: float = 0.1, len_w=None, len_l=None,
+             length_normalize: bool = True, **_):
+  """IPO: regress the log-ratio gap to 1/(2 beta). All inputs [B].
+
+  length_normalize (default, as TRL: trl/trainer/dpo_trainer.py, DPOTrainer._compute_loss,
+  loss_type "ipo", whose comment says the IPO authors confirmed it and their reported results
+  use it): each log-ratio is averaged over its completion's tokens, lengths clamped to >= 1,
+  gap = (logp_w - ref_w) / |w| - (logp_l - ref_l) / |l|. False: summed log-ratios, the
+  paper's sequence-level form (rewardlab before issue 21). Metrics stay beta * summed
+  log-ratios, as TRL logs them."""
+  dw, dl = logp_w - ref_w, logp_l - ref_l
+  if length_normalize:
+    if len_w is None or len_l is None:
+      raise ValueError("ipo_loss: length_normalize=True needs len_w and len_l (completion token counts)")
+    dw, dl = dw / jnp.maximum(len_w, 1), dl / jnp.maximum(len_l, 1)
+  gap = dw - dl
   return jnp.mean(jnp.square(gap - 1.0 / (2.0 * beta))), _metrics(beta, logp_w, logp_l, ref_w, ref_l)
 
 
