@@ -110,13 +110,14 @@ def gae_advantages(token_rewards, values, mask, gamma: float = 1.0, lam: float =
 
 
 def token_advantages(kind: str, rewards, group_size: int, logp_old, logp_ref, mask, *,
-                     kl_in_reward: float = 0.01, kl: str = "k1"):
-  """Per-token advantages [B, T] for a sequence-reward estimator (ADVANTAGES) broadcast over
-  each completion's tokens, or REINFORCE++'s per-token returns (KL folded into the reward).
+                     kl_in_reward: float = 0.01, kl: str = "k1", **estimator_kwargs):
+  """Per-token advantages [B, T] for a sequence-reward estimator (ADVANTAGES, called with
+  `estimator_kwargs`, e.g. grpo's std and eps: `advantage_kwargs`) broadcast over each
+  completion's tokens, or REINFORCE++'s per-token returns (KL folded into the reward).
   rewards [B]; logp_old/logp_ref/mask [B, T]."""
   if kind == "reinforce_pp":
     return reinforce_pp_advantages(rewards, logp_old, logp_ref, mask, beta=kl_in_reward, kl=kl)
-  adv = ADVANTAGES[kind](rewards, group_size)
+  adv = ADVANTAGES[kind](rewards, group_size, **estimator_kwargs)
   return jnp.broadcast_to(adv[:, None], mask.shape) * mask
 
 

@@ -32,7 +32,8 @@ from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_sour
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.state import create_train_state
 
-HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha", "lambda_d", "lambda_u")
+HYPERPARAMS = ("beta", "label_smoothing", "gamma", "lam", "alpha", "eta", "token_alpha", "lambda_d", "lambda_u",
+               "length_normalize")
 TOKEN_LEVEL = ("tgdpo",)   # objectives that need per-token rewards and reference log-probs
 
 

@@ -47,7 +47,7 @@ def make_advantage_fn(settings: dict, group_size: int):
     return lambda r, old, ref, mask, values: pg.ppo_targets(
         r, old, ref, values, mask, kl_in_reward=settings["kl_in_reward"], gamma=settings["gamma"],
         lam=settings["lam"])
-  kw = dict(kl_in_reward=settings.get("kl_in_reward", 0.01), kl=settings.get("kl", "k1"))
+  kw = dict(kl_in_reward=settings.get("kl_in_reward", 0.01), kl=settings.get("kl", "k1"), **pg.advantage_kwargs(settings))
   return lambda r, old, ref, mask, values: (
       pg.token_advantages(settings["advantage"], r, group_size, old, ref, mask, **kw), None)
 
