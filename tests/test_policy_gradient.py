@@ -206,6 +206,12 @@ def test_surrogate_metrics_closed_form():
   k3 = [1 / 1.5 + np.log(1.5) - 1, 1 / 0.5 + np.log(0.5) - 1, 0.0, 0.0]
   assert float(m["approx_kl_old"]) == pytest.approx(np.mean(k3), rel=1e-5)
   assert float(m["clip_frac"]) == pytest.approx(1 / 4)   # 1.5 > 1.2 with A > 0; 0.5 < 0.8 but A > 0
+  # kl_ref_seq: a completion's summed k3 to the reference, averaged over the sequences
+  _, m = pg.policy_gradient_loss(logp_old, logp_old, logp_new, mask, adv, beta=0.0)
+  k3_ref = np.exp(np.asarray(logp_new) - 0.0) - np.asarray(logp_new) - 1.0    # k3(pi=old || ref=new)
+  want = np.mean([(k3_ref * np.asarray(mask))[i].sum() for i in range(2)])
+  assert float(m["kl_ref_seq"]) == pytest.approx(want, rel=1e-5)
+  assert float(m["kl_ref_seq"]) != pytest.approx(float(m["kl_ref"]), rel=1e-3)
 
 
 def test_clip_frac_counts_tokens_whose_clipped_term_is_the_smaller():

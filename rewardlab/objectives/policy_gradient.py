@@ -176,6 +176,8 @@ def policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages, *,
       "clip_frac": masked_mean(is_clipped.astype(jnp.float32), mask),
       "approx_kl_old": masked_mean(kl_estimate(logp_new, logp_old, "k3"), mask),
       "kl_ref": masked_mean(kl_ref, mask),
+      # per sequence: KL(pi || ref) of a whole completion, what overoptimization curves plot against
+      "kl_ref_seq": jnp.mean(masked_sum(kl_ref, mask, axis=-1)),
       "ratio_mean": masked_mean(ratio, mask),
       "adv_mean": masked_mean(adv, mask),
       "adv_std": jnp.sqrt(masked_mean(jnp.square(adv - masked_mean(adv, mask)), mask)),

@@ -9,6 +9,8 @@ starting policy (`state.frozen["ref"]`); PPO trains a value head beside the poli
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from flax import nnx
@@ -25,7 +27,7 @@ from rewardlab.pipelines.rl_aux import AUXILIARIES, Auxiliary, AuxSetup, build_a
 from rewardlab.rewards.self_rewards import auc, borda_weights, select_by_vote, self_certainty
 from rewardlab.rollout import Groups, Rollout, RolloutCollector, RolloutSettings, RewardContext, build_rewards
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import named, param_specs, shard_batch
+from rewardlab.sharding import BATCH_AXES, named, param_specs, shard_batch
 from rewardlab.pipelines.common import Built, runner
 from rewardlab.train.loop import LoopSettings, Pipeline, StepInputs, begin_run
 from rewardlab.train.optim import make_optimizer
@@ -110,7 +112,12 @@ def make_rl_evaluator(eval_cfg, max_new_tokens: int, policy: Policy, task: Task,
   n = ec.pass_n
   sample = make_sample_fn(policy.graphdef, SamplingParams(max_new_tokens=max_new_tokens, n=n, temperature=1.0,
                                                           stop_ids=(tok.eos_id,)), tok.pad_id, mesh)
-  pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
+  # a file-backed task may hold fewer eval problems than asked: pad the batch (repeating the
+  # last problem) to a whole number of batch shards; only the real problems are scored
+  shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  real_pb = prompt_batch([p.prompt for p in problems], tok, ec.max_prompt_len)
+  pb = prompt_batch([p.prompt for p in problems + problems[-1:] * (-len(problems) % shards)], tok,
+                    ec.max_prompt_len)
   expanded = [p for p in problems for _ in range(n)]
   answers = [p.answer for p in problems]
   selection_accuracy = lambda picks: float(np.mean([a == b for a, b in zip(picks, answers)]))  # noqa: E731
@@ -119,6 +126,7 @@ def make_rl_evaluator(eval_cfg, max_new_tokens: int, policy: Policy, task: Task,
     result = greedy(state.replace(params=policy_part(state.params), frozen=state.frozen["base"]))
     params = policy.full_params(policy_part(state.params), state.frozen["base"])
     out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
+    out = jax.tree.map(lambda x: x[:len(expanded)] if np.ndim(x) else x, out)
     texts = tok.decode_batch(out.tokens)
     right = np.array([task.verify(t, p.answer) for t, p in zip(texts, expanded)])
     correct = right.reshape(len(problems), n).sum(-1)
@@ -128,7 +136,7 @@ def make_rl_evaluator(eval_cfg, max_new_tokens: int, policy: Policy, task: Task,
     result[f"majority@{n}"] = selection_accuracy(select_by_vote(texts, n))
     result[f"sc_borda@{n}"] = selection_accuracy(select_by_vote(texts, n, borda_weights(sc, n)))
     result["sc_auc"] = auc(sc, right)
-    groups = Groups(pb, out, expanded, texts, right.astype(np.float32), {"exact_answer": right.astype(np.float32)})
+    groups = Groups(real_pb, out, expanded, texts, right.astype(np.float32), {"exact_answer": right.astype(np.float32)})
     for aux in auxiliaries.values():
       if aux.evaluate is not None:
         result.update(aux.evaluate(params, groups, right))
