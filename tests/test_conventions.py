@@ -79,7 +79,7 @@ def test_advantage_settings_reach_only_the_estimators_that_take_them():
     assert pg.advantage_kwargs(pg.PG_OBJECTIVES[method]) == {}
   # a config override (objective.adv_eps) replaces the method default; an unset field keeps it
   import ml_collections
-  from rewardlab.train.rl import objective_settings
+  from rewardlab.pipelines.rl import objective_settings
   cfg = ml_collections.ConfigDict(dict(name="dapo", adv_eps=1e-9, advantage_std=None, kl_clamp=None))
   settings = objective_settings(cfg)
   assert pg.advantage_kwargs(settings) == {"std": "unbiased", "eps": 1e-9}

@@ -194,7 +194,7 @@ def ppo_loss(logp_new, logp_old, logp_ref, mask, advantages, values, old_values,
              entropy=None, **_):
   """PPO: clipped surrogate + value_coef * clipped value loss (per-token, [B, T] arrays).
   v_loss_t = 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2).
-  The KL to the reference lives in the reward (see `train.rl.ppo_targets`); logp_ref here
+  The KL to the reference lives in the reward (see `ppo_targets` above); logp_ref here
   only feeds the `kl_ref` metric."""
   pg, metrics = policy_gradient_loss(logp_new, logp_old, logp_ref, mask, advantages,
                                      clip_low=clip_low, clip_high=clip_high, beta=0.0,
