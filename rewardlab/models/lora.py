@@ -82,7 +82,7 @@ def apply_lora(base, lora, scale: float):
     keys = key_tuple(path)
     ab = get_path(lora, keys)
     w = get_path(base, keys)
-    lead, n_in = _n_lead(keys[-1], w.ndim), LORA_TARGETS[keys[-1]][0]
+    lead = _n_lead(keys[-1], w.ndim)
     rank = ab["a"].shape[-1]
     a = ab["a"].reshape(w.shape[:lead] + (-1, rank))                        # [*lead, in, r]
     b = ab["b"].reshape(w.shape[:lead] + (rank, -1))                        # [*lead, r, out]
