@@ -4,9 +4,18 @@ Parameters carry logical axis names (`rewardlab.models`); `LOGICAL_RULES` maps e
 a mesh axis (or a tuple of them, or None = replicated). Data/FSDP/tensor parallelism is
 a change of mesh shape and of this table, never of model code. A dimension that a mesh
 axis does not divide is replicated rather than padded (e.g. 2 kv heads on tensor=4).
+
+Activations are constrained by the same table (`constrain`): a [B, T, D] residual stream
+is ("batch", "length", "embed"), so under FSDP its batch takes the (data, fsdp) axes and
+"embed" (whose fsdp axis is then taken) stays whole: weights are all-gathered per layer
+and weight gradients reduce-scattered, rather than activations resharded by all-to-alls.
+Constraints apply under a mesh context (`jax.set_mesh(mesh)` around tracing) and are
+no-ops without one (a single device, or a caller that does not set it).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Mapping, Sequence
 
@@ -20,6 +29,8 @@ BATCH_AXES = ("data", "fsdp")
 
 LOGICAL_RULES: dict[str, object] = {
     "batch": BATCH_AXES,
+    "length": None,      # sequence positions (activations); None: no sequence parallelism
+    "layers": None,      # the leading axis of a scanned layer stack: each device holds every layer
     "vocab": "tensor",
     "embed": "fsdp",
     "mlp": "tensor",
@@ -85,6 +96,32 @@ def param_specs(abstract_state: nnx.State, mesh: Mesh,
     return logical_to_spec(axes, var.get_value().shape, mesh, rules)
   return nnx.to_pure_dict(jax.tree.map(lambda v: v.replace(spec(v)), abstract_state,
                                        is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+_ACTIVATION_RULES = contextvars.ContextVar("activation_rules", default=LOGICAL_RULES)
+
+
+@contextlib.contextmanager
+def use_rules(rules: Mapping[str, object]):
+  """Within the block, `constrain` maps activations by `rules` (pass the table the
+  parameters were placed with when it is not `LOGICAL_RULES`)."""
+  token = _ACTIVATION_RULES.set(rules)
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`with_sharding_constraint` of x by logical axis names (one per dim) under the mesh in
+  context (`jax.set_mesh`); x unchanged when there is none or it has one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return x
+  if len(axes) != x.ndim:
+    raise ValueError(f"constrain: {len(axes)} axis names {tuple(axes)} for an array of shape {x.shape}")
+  spec = logical_to_spec(axes, x.shape, mesh, _ACTIVATION_RULES.get())
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def named(mesh: Mesh, specs):

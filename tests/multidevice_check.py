@@ -2,7 +2,13 @@
 
 Builds the same SFT update step on a 1-device mesh and on a data=2 x fsdp=2 x tensor=2
 mesh, runs two steps from the same initial parameters, and prints the differences as JSON.
+Then the same for scanned layers traced under the mesh (`jax.set_mesh`: the model's
+activation sharding constraints apply) on data x fsdp x tensor = 2 x 2 x 2,
+the sampler on scanned layers, and a forward pass through each attention kernel wrapper
+(splash in interpret mode, per device via shard_map).
 """
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +32,12 @@ from rewardlab.train.state import create_train_state, init_params, shardings_of 
 from rewardlab.train.step import make_loss_and_grad, make_update_step  # noqa: E402
 
 
-def run(mesh, config, model_cfg, batches):
+def run(mesh, config, model_cfg, batches, context=False):
+  with jax.set_mesh(mesh) if context else contextlib.nullcontext():
+    return _run(mesh, config, model_cfg, batches)
+
+
+def _run(mesh, config, model_cfg, batches):
   graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
   optimizer, schedule = make_optimizer(config.optim, 10)
   state = create_train_state(params, optimizer, mesh, 0)
@@ -40,22 +51,67 @@ def run(mesh, config, model_cfg, batches):
   for b in batches:
     state, metrics = step(state, shard_batch(b, mesh))
     losses.append(float(metrics["loss"]))
-  specs = {"q": str(state.params["layers"][0]["attn"]["q"].sharding.spec),
+  layer = (lambda t: t["layers"]) if model_cfg.scan_layers else (lambda t: t["layers"][0])
+  specs = {"q": str(layer(state.params)["attn"]["q"].sharding.spec),
            "embed": str(state.params["embed"].sharding.spec),
-           "mu_q": str(state.opt_state[1][0].mu["layers"][0]["attn"]["q"].sharding.spec)}
+           "mu_q": str(layer(state.opt_state.inner[1][0].mu)["attn"]["q"].sharding.spec)}
   return float(loss), jax.device_get(grads), losses, jax.device_get(state.params), specs
 
 
-def sample(mesh, model_cfg):
+def sample(mesh, model_cfg, context=False):
   """Group sampling (n=2) with temperature/top-p under the given mesh, decoding in three
   segments over a growing cache (grown and re-sharded between segments)."""
   graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
   tok = ByteTokenizer()
   sampler = Sampler(graphdef, model_cfg.max_seq_len, tok, max_prompt_len=10, mesh=mesh)
   prompts = prompt_batch([f"{i}+{2 * i}=" for i in range(8)], tok, 10)
-  out = sampler.sample(params, prompts, jax.random.PRNGKey(7), max_new_tokens=8, n=2,
-                       temperature=0.9, top_p=0.95, grow_cache_every=3)
+  with jax.set_mesh(mesh) if context else contextlib.nullcontext():
+    out = sampler.sample(params, prompts, jax.random.PRNGKey(7), max_new_tokens=8, n=2,
+                         temperature=0.9, top_p=0.95, grow_cache_every=3)
   return np.asarray(out.tokens), np.asarray(out.logps_model), str(out.tokens.sharding.spec)
+
+
+def forward(mesh, model_cfg, tokens, valid):
+  """Logits of a forward pass traced under the mesh (kernels run per device)."""
+  graphdef, params = init_params(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
+  with jax.set_mesh(mesh):
+    fn = jax.jit(lambda p, t, v: nnx.merge(graphdef, p)(t, valid=v).logits)
+    return np.asarray(fn(params, *shard_batch((tokens, valid), mesh)))
+
+
+def compare(one, other) -> dict:
+  """Loss / gradient / parameter differences between two `run` results."""
+  return {"loss_1": one[0], "loss_8": other[0], "losses_1": one[2], "losses_8": other[2],
+          "grad_max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in
+                                   zip(jax.tree.leaves(one[1]), jax.tree.leaves(other[1]))),
+          "grad_scale": max(float(np.max(np.abs(a))) for a in jax.tree.leaves(one[1])),
+          "param_max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in
+                                    zip(jax.tree.leaves(one[3]), jax.tree.leaves(other[3]))),
+          "specs_8": other[4]}
+
+
+def new_paths(config, model_cfg, batches) -> dict:
+  """Scanned layers with activation constraints on data x fsdp x tensor = 2 x 2 x 2 (tensor
+  parallelism by mesh and rules only), the sampler on them, and the attention kernel
+  wrappers, each against one device."""
+  scan_cfg = dataclasses.replace(model_cfg, scan_layers=True, remat="full")
+  single = make_mesh({"data": 1}, jax.devices()[:1])
+  one = run(single, config, scan_cfg, batches)
+  out = {"scan_2x2x2": compare(one, run(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), config, scan_cfg,
+                                        batches, context=True))}
+  s1 = sample(single, scan_cfg)
+  s8 = sample(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), scan_cfg, context=True)
+  out["scan_sample"] = {"tokens_equal": bool(np.array_equal(s1[0], s8[0])),
+                        "logp_max_abs_diff": float(np.max(np.abs(s1[1] - s8[1])))}
+  tokens = np.asarray(batches[0].tokens)
+  valid = np.ones(tokens.shape, bool)
+  valid[::2, :3] = False                                                     # left padding in half the rows
+  mesh8 = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  ref = forward(single, scan_cfg, tokens, valid)
+  for impl in ("cudnn", "splash"):
+    got = forward(mesh8, dataclasses.replace(scan_cfg, attention=impl), tokens, valid)
+    out[f"attention_{impl}_max_abs_diff"] = float(np.max(np.abs(got - ref)[valid]))
+  return out
 
 
 def main():
@@ -66,20 +122,13 @@ def main():
   batches = [sft_batch(task.sample_many(np.random.default_rng(i), 8), tok, 16) for i in range(2)]
   one = run(make_mesh({"data": 1}, jax.devices()[:1]), config, model_cfg, batches)
   eight = run(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), config, model_cfg, batches)
-  grad_diff = max(float(np.max(np.abs(a - b))) for a, b in
-                  zip(jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])))
-  grad_scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(one[1]))
-  param_diff = max(float(np.max(np.abs(a - b))) for a, b in
-                   zip(jax.tree.leaves(one[3]), jax.tree.leaves(eight[3])))
   sample_1 = sample(make_mesh({"data": 1}, jax.devices()[:1]), model_cfg)
   sample_8 = sample(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), model_cfg)
   print(json.dumps({"sample_tokens_equal": bool(np.array_equal(sample_1[0], sample_8[0])),
                     "sample_logp_max_abs_diff": float(np.max(np.abs(sample_1[1] - sample_8[1]))),
                     "sample_out_spec": sample_8[2],
-                    "n_devices": jax.device_count(), "loss_1": one[0], "loss_8": eight[0],
-                    "losses_1": one[2], "losses_8": eight[2], "grad_max_abs_diff": grad_diff,
-                    "grad_scale": grad_scale, "param_max_abs_diff": param_diff,
-                    "specs_8": eight[4]}))
+                    "n_devices": jax.device_count(), **compare(one, eight),
+                    "new": new_paths(config, model_cfg, batches)}))
 
 
 if __name__ == "__main__":

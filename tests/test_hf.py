@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,9 +17,9 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from rewardlab.data import load_tokenizer  # noqa: E402
 from rewardlab.models import ModelConfig  # noqa: E402
-from rewardlab.models.hf import (SafetensorsFolder, _param_map, infer_hf_arch, load_hf_model,  # noqa: E402
-                                 load_hf_reward_model, read_hf_config, save_hf_model)
-from rewardlab.models.transformer import rope_inv_freq  # noqa: E402
+from rewardlab.models.hf import (SafetensorsFolder, _param_map, _read_stacked, infer_hf_arch,  # noqa: E402
+                                 load_hf_model, load_hf_reward_model, read_hf_config, save_hf_model)
+from rewardlab.models.transformer import rope_inv_freq, stack_layers  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
 
 SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -94,8 +95,10 @@ def _files(folder):
 
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_import_matches_transformers_logits_and_export_round_trips(name, tmp_path):
+  """Imports scan their layers by default: every architecture's parity runs on the stack."""
   hf_model, folder = _make_hf(name, tmp_path)
   arch, cfg, graphdef, params = load_hf_model(folder, _mesh())
+  assert cfg.scan_layers and params["layers"]["mlp"]["up"].shape[0] == cfg.n_layers
   assert cfg.tie_embeddings == hf_model.config.tie_word_embeddings
   assert cfg.o_bias == bool(getattr(hf_model.config, "attention_bias", False))
   ids = _ids()
@@ -109,6 +112,23 @@ def test_import_matches_transformers_logits_and_export_round_trips(name, tmp_pat
   arch2, cfg2, _, params2 = load_hf_model(out, _mesh())
   again = save_hf_model(str(tmp_path / "again"), arch2, cfg2, params2)
   assert _files(out) == _files(again)
+
+
+@pytest.mark.parametrize("name", ["gemma2_untied_bias", "qwen2"])
+def test_unrolled_and_scanned_imports_agree_and_export_the_same_bytes(name, tmp_path):
+  """scan_layers=False reads the same tensors into one tree per layer: stacking those gives
+  the scanned import exactly, logits agree to 1e-5 and both export byte-identical folders."""
+  hf_model, folder = _make_hf(name, tmp_path)
+  _, cfg_u, graphdef_u, unrolled = load_hf_model(folder, _mesh(), scan_layers=False)
+  arch, cfg_s, graphdef_s, scanned = load_hf_model(folder, _mesh())
+  assert not cfg_u.scan_layers and 0 in unrolled["layers"]
+  for a, b in zip(jax.tree.leaves(stack_layers(unrolled)), jax.tree.leaves(scanned)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(_logits(graphdef_s, scanned, _ids()), _logits(graphdef_u, unrolled, _ids()), atol=1e-5)
+  np.testing.assert_allclose(_logits(graphdef_u, unrolled, _ids()), _hf_logits(hf_model, _ids()), atol=1e-4)
+  a = save_hf_model(str(tmp_path / "u"), arch, cfg_u, unrolled)
+  b = save_hf_model(str(tmp_path / "s"), arch, cfg_s, scanned)
+  assert _files(a) == _files(b)
 
 
 def test_bfloat16_checkpoint_loads_and_round_trips_bytes(tmp_path):
@@ -180,6 +200,25 @@ def test_blocks_are_read_per_slice_and_equal_the_full_transform():
   assert weights.reads[4] == ("lm_head.weight", (slice(8, 16), slice(0, 12)))
 
 
+def test_stacked_blocks_read_only_their_layers_rows():
+  """A device's block of a scanned [L, ...] parameter reads the layers its first slice
+  covers, each only its own block, and equals that block of the stacked transforms."""
+  cfg = ModelConfig(vocab_size=16, d_model=12, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=4,
+                    mlp_dim=10, scan_layers=True)
+  rng = np.random.default_rng(0)
+  maps = _param_map(cfg)
+  tensors = {m.hf: rng.normal(size=m.hf_shape).astype(np.float32) for m in maps}
+  rows = sorted([m for m in maps if m.ours == ("layers", "attn", "q")], key=lambda m: m.layer)
+  assert [m.layer for m in rows] == [0, 1, 2]
+  full = np.stack([m.to_ours(tensors[m.hf]) for m in rows])                # [3, 12, 4, 4]
+  weights = _Recorder(tensors)
+  index = (slice(1, 3), slice(None), slice(2, 4), slice(None))
+  np.testing.assert_array_equal(_read_stacked(weights, rows, index), full[index])
+  assert [key for key, _ in weights.reads] == ["model.layers.1.self_attn.q_proj.weight",
+                                                "model.layers.2.self_attn.q_proj.weight"]
+  assert all(ix == (slice(8, 16), slice(0, 12)) for _, ix in weights.reads)   # heads 2..3 only
+
+
 MULTI = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -201,7 +240,7 @@ for name, spec in (("one", None), ("mesh", {"data": 2, "fsdp": 2, "tensor": 2}))
   mesh = make_mesh({"data": 1}, jax.devices()[:1]) if spec is None else make_mesh(spec)
   reads.clear()
   _, cfg, g, p = hf.load_hf_model(sys.argv[1], mesh)
-  q = p["layers"][0]["attn"]["q"]
+  q = p["layers"]["attn"]["q"]   # stacked [L, d, h, hd]: layers whole, embed/heads sharded
   out[name] = dict(logits=np.asarray(jax.jit(lambda p: nnx.merge(g, p)(ids).logits)(p)).tolist(),
                    largest_read=max(reads), q_shard=list(q.addressable_shards[0].data.shape))
 print(json.dumps(out))
@@ -217,7 +256,7 @@ def test_sharded_mesh_reads_blocks_and_matches_one_device(tmp_path):
   out = json.loads(run.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose(out["mesh"]["logits"], out["one"]["logits"], atol=1e-5)
   np.testing.assert_allclose(out["one"]["logits"], _hf_logits(hf_model, _ids()), atol=1e-4)
-  assert out["mesh"]["q_shard"] == [16, 2, 8]     # embed over fsdp=2, heads over tensor=2
+  assert out["mesh"]["q_shard"] == [2, 16, 2, 8]  # 2 layers, embed over fsdp=2, heads over tensor=2
   # the largest single read on the mesh is a shard of the embedding, not the whole matrix
   assert out["mesh"]["largest_read"] * 4 <= out["one"]["largest_read"]
 
@@ -258,7 +297,7 @@ def test_wrong_shape_is_refused_by_name(tmp_path):
   _, folder = _make_hf("llama", tmp_path)
   _edit_config(folder, intermediate_size=80)
   with pytest.raises(ValueError, match=r"wrong shape.*gate_proj\.weight is \(64, 32\), expected \(80, 32\) "
-                                       r"\(for layers/0/mlp/gate\)"):
+                                       r"\(for layers/mlp/gate\[0\]\)"):
     load_hf_model(folder, _mesh())
 
 

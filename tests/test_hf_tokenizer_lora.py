@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 torch = pytest.importorskip("torch", reason="install the test extra: pip install -e '.[test]'")
 transformers = pytest.importorskip("transformers")
@@ -15,7 +16,8 @@ tokenizers = pytest.importorskip("tokenizers")
 from helpers import load_config  # noqa: E402
 from rewardlab.data import HFTokenizer  # noqa: E402
 from rewardlab.models.hf import load_hf_model  # noqa: E402
-from rewardlab.models.lora import apply_lora, init_lora  # noqa: E402
+from rewardlab.models.lora import apply_lora, init_lora, lora_specs  # noqa: E402
+from rewardlab.models.transformer import stack_layers, unstack_layers  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
 from rewardlab.pipelines import sft  # noqa: E402
 from rewardlab.train.optim import make_optimizer  # noqa: E402
@@ -86,7 +88,7 @@ def test_lora_zero_init_only_adapters_update_and_merge_matches(tmp_path):
   config = load_config("sft_arithmetic", "tiny")
   optimizer, schedule = make_optimizer(config.optim, 10)
   state = create_train_state(lora, optimizer, mesh, 0, frozen=base)
-  assert jax.tree.structure(state.opt_state[1][0].mu) == jax.tree.structure(lora)
+  assert jax.tree.structure(state.opt_state.inner[1][0].mu) == jax.tree.structure(lora)
 
   def loss_fn(model, batch, rng):
     return -jnp.mean(jax.nn.log_softmax(model(batch).logits)[..., 5]), {}
@@ -98,15 +100,24 @@ def test_lora_zero_init_only_adapters_update_and_merge_matches(tmp_path):
   for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(new.frozen)):
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lora), jax.tree.leaves(new.params)))
-  # merged weights == base path + explicit low-rank path, on one projection
+  # merged weights == base path + explicit low-rank path, per layer of the scanned stack
+  # (one adapter per layer: a [L, d, r], b [L, r, h, hd]), and for a per-layer tree
   merged = apply_lora(base, new.params, 4.0)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, cfg.d_model))
-  ab = new.params["layers"][0]["attn"]["q"]
-  unmerged = (jnp.einsum("td,dhk->thk", x, base["layers"][0]["attn"]["q"])
-              + 4.0 * jnp.einsum("tr,rhk->thk", x @ ab["a"], ab["b"]))
-  np.testing.assert_allclose(jnp.einsum("td,dhk->thk", x, merged["layers"][0]["attn"]["q"]), unmerged,
-                             atol=1e-5)
+  ab = new.params["layers"]["attn"]["q"]
+  assert ab["a"].shape == (cfg.n_layers, cfg.d_model, 4) and ab["b"].shape == (cfg.n_layers, 4, 4, 8)
+  for i in range(cfg.n_layers):
+    unmerged = (jnp.einsum("td,dhk->thk", x, base["layers"]["attn"]["q"][i])
+                + 4.0 * jnp.einsum("tr,rhk->thk", x @ ab["a"][i], ab["b"][i]))
+    np.testing.assert_allclose(jnp.einsum("td,dhk->thk", x, merged["layers"]["attn"]["q"][i]), unmerged,
+                               atol=1e-5)
+  per_layer = apply_lora(unstack_layers(base), unstack_layers(new.params), 4.0)
+  for a, b in zip(jax.tree.leaves(stack_layers(per_layer)), jax.tree.leaves(merged)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
   assert not np.allclose(logits(merged), logits(base))
+  # adapters are sharded like their kernels: the layer axis of both stays whole
+  specs = lora_specs(jax.tree.map(lambda w: P(None, "fsdp", "tensor", None), base), lora)
+  assert specs["layers"]["attn"]["q"] == {"a": P(None, "fsdp", None), "b": P(None, None, "tensor", None)}
 
 
 @pytest.mark.slow

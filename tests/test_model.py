@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from rewardlab.models import FAMILIES, ModelConfig, Transformer, init_cache
-from rewardlab.models.transformer import rope
+from rewardlab.models.transformer import rope, stack_layers, unstack_layers
 
 
 def _model(cfg, seed=0):
@@ -133,6 +133,87 @@ def test_left_padding_does_not_change_real_positions(tiny_model_cfg):
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def _scanned_twin(cfg, seed=0):
+  """(unrolled model, scanned model with the same weights)."""
+  unrolled = _model(cfg, seed)
+  scanned = _model(dataclasses.replace(cfg, scan_layers=True), seed + 1)
+  graphdef, params = nnx.split(scanned, nnx.Param)
+  nnx.replace_by_pure_dict(params, stack_layers(nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))))
+  return unrolled, nnx.merge(graphdef, params)
+
+
+# Gemma 2 / 3 mix global and sliding-window layers (window 3 < 9 tokens): the scan selects
+# each layer's mask and RoPE by its integer kind
+SCAN_FAMILIES = {"qwen2": {}, "qwen3": {}, "gemma2": dict(sliding_window=3),
+                 "gemma3": dict(sliding_window=3, n_layers=4, sliding_window_pattern=2)}
+
+
+@pytest.mark.parametrize("family", sorted(SCAN_FAMILIES))
+def test_scanned_layers_equal_unrolled_logits_and_gradients(family, tiny_model_cfg):
+  cfg = dataclasses.replace(tiny_model_cfg, **{**FAMILIES[family], **SCAN_FAMILIES[family]})
+  unrolled, scanned = _scanned_twin(cfg)
+  toks = _tokens(2, 9, cfg.vocab_size)
+  valid = jnp.array([[False] * 2 + [True] * 7, [True] * 9])                  # left padding in row 0
+  a, b = unrolled(toks, valid=valid).logits, scanned(toks, valid=valid).logits
+  np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+  assert nnx.state(scanned, nnx.Param)["layers"]["attn"]["q"][...].shape[0] == cfg.n_layers
+
+  def loss(m):
+    return jnp.mean(m(toks, valid=valid).logits[:, 2:] ** 2)
+  g_unrolled = nnx.to_pure_dict(nnx.grad(loss)(unrolled))
+  g_scanned = unstack_layers(nnx.to_pure_dict(nnx.grad(loss)(scanned)))
+  for x, y in zip(jax.tree.leaves(g_unrolled), jax.tree.leaves(g_scanned)):
+    np.testing.assert_allclose(y, x, atol=1e-5, rtol=1e-4)
+
+
+def test_stack_and_unstack_layers_are_inverse(tiny_model_cfg):
+  params = nnx.to_pure_dict(nnx.state(_model(tiny_model_cfg), nnx.Param))
+  stacked = stack_layers(params)
+  assert stacked["layers"]["mlp"]["up"].shape == (2, 32, 64)
+  np.testing.assert_array_equal(stacked["layers"]["mlp"]["up"][1], params["layers"][1]["mlp"]["up"])
+  back = unstack_layers(stacked)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(ValueError, match="already stacked"):
+    stack_layers(stacked)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_scanned_cached_decoding_matches_full_forward(family, tiny_model_cfg):
+  """The stacked [L, ...] cache carried through the scan, written in place per layer."""
+  cfg = dataclasses.replace(tiny_model_cfg, **{**FAMILIES[family], **SCAN_FAMILIES[family]}, scan_layers=True)
+  model = _model(cfg)
+  toks = _tokens(2, 8, cfg.vocab_size)
+  full = model(toks).logits
+  cache = init_cache(cfg, 2, 12)
+  assert cache.k.shape == (cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim, 12)
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  out = model(toks[:, :5], pos[:, :5], cache=cache)
+  pieces = [out.logits]
+  for t in range(5, 8):
+    out = model(toks[:, t:t + 1], pos[:, t:t + 1], cache=out.cache)
+    pieces.append(out.logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_policies_give_the_same_gradients(scan, tiny_model_cfg):
+  cfg = dataclasses.replace(tiny_model_cfg, scan_layers=scan)
+  toks = _tokens(2, 8, cfg.vocab_size)
+
+  def grads(remat):
+    model = _model(dataclasses.replace(cfg, remat=remat))
+    return nnx.grad(lambda m: jnp.mean(m(toks).logits ** 2))(model)
+  ref = jax.tree.leaves(grads("none"))
+  for remat in ("full", "dots_with_no_batch_dims_saveable", True):
+    for a, b in zip(ref, jax.tree.leaves(grads(remat))):
+      np.testing.assert_allclose(b, a, atol=1e-6)
+  assert ModelConfig(remat=True).remat == "full" and ModelConfig(remat=False).remat == "none"
+  with pytest.raises(ValueError, match="remat='dots'.*not in"):
+    ModelConfig(remat="dots")
+
+
 def test_bfloat16_compute_and_remat(tiny_model_cfg):
   toks = _tokens(2, 8, tiny_model_cfg.vocab_size)
   ref = _model(tiny_model_cfg)
@@ -161,6 +242,12 @@ def test_params_carry_logical_axes(tiny_model_cfg):
   assert axes["layers/0/attn/q"] == ("embed", "heads", "head_dim")
   assert axes["layers/0/attn/k_bias"] == ("kv_heads", "head_dim")
   assert axes["layers/1/mlp/down"] == ("mlp", "embed")
+  scanned = _model(dataclasses.replace(tiny_model_cfg, scan_layers=True, qkv_bias=True))
+  axes = {"/".join(map(str, path)): v.get_metadata()["axes"]
+          for path, v in nnx.to_flat_state(nnx.state(scanned, nnx.Param))}
+  assert axes["layers/attn/q"] == ("layers", "embed", "heads", "head_dim")
+  assert axes["layers/attn/k_bias"] == ("layers", "kv_heads", "head_dim")
+  assert axes["layers/attn_norm/scale"] == ("layers", "norm")
 
 
 def test_bad_model_config_names_the_field():

@@ -8,6 +8,7 @@ from flax import nnx
 
 from rewardlab.data import ByteTokenizer, prompt_batch
 from rewardlab.models import ModelConfig, Transformer
+from rewardlab.models.transformer import stack_layers
 from rewardlab.ops import token_logprobs_from_logits
 from rewardlab.sampling import Sampler, SamplingParams, make_naive_generate, make_sample_fn, process_logits
 
@@ -267,6 +268,34 @@ def test_shared_prompt_prefix_gives_the_same_samples_as_repeated_rows(split, mod
                         tuple(v[:2] for v in cache.v), cache.valid[:2])
   with pytest.raises(ValueError, match="batch \\(3\\) that is a multiple of the prefix's \\(2\\)"):
     model.hidden_states(jnp.zeros((3, 1), jnp.int32), jnp.zeros((3, 1), jnp.int32), cache=cache, prefix=prefix)
+
+
+def scanned_split(cfg, split):
+  """The scanned twin of an unrolled (graphdef, params): same weights, stacked layers."""
+  graphdef, params = nnx.split(Transformer(dataclasses.replace(cfg, scan_layers=True), rngs=nnx.Rngs(1)), nnx.Param)
+  nnx.replace_by_pure_dict(params, stack_layers(nnx.to_pure_dict(split[1])))
+  return graphdef, params
+
+
+SCANNED_CASES = (SamplingParams(max_new_tokens=12, temperature=0.0, grow_cache_every=5),
+                 SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, n=3, grow_cache_every=5,
+                                stop_ids=(TOK.eos_id, 50)),
+                 SamplingParams(max_new_tokens=8, temperature=1.0, top_k=20, n=2, share_prefix=False))
+
+
+def assert_scanned_samples_equal_unrolled(cfg, split, prompts, cases=SCANNED_CASES):
+  """The sampler over a scanned stack (stacked caches carried through the layer scan; a
+  stacked shared prefix) gives the unrolled model's tokens, masks and log-probs."""
+  scanned = scanned_split(cfg, split)
+  batch = prompt_batch(prompts, TOK, 10)
+  for sp in cases:
+    ref, got = (make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid, jax.random.PRNGKey(3))
+                for graphdef, params in (split, scanned))
+    _assert_same_samples(got, ref)
+
+
+def test_scanned_layers_sample_the_same_tokens(split):
+  assert_scanned_samples_equal_unrolled(CFG, split, PROMPTS)
 
 
 def test_group_sampling_reuses_one_prefill_and_greedy_groups_agree(split):

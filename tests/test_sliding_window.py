@@ -121,6 +121,13 @@ def test_sampling_with_a_window_equals_full_forward_reruns(split, n, share, grow
   assert not np.array_equal(np.asarray(other), np.asarray(ref))
 
 
+def test_scanned_gemma_layers_sample_the_same_tokens(split):
+  """Local and global layers in one scan: each layer's kind picks its mask, RoPE and (with
+  a shared prefix) its prefix mask."""
+  from test_sampler import assert_scanned_samples_equal_unrolled
+  assert_scanned_samples_equal_unrolled(CFG, split, PROMPTS)
+
+
 def test_softcapped_logprobs_and_unembedding_guard(split):
   model = nnx.merge(*split)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, CFG.vocab_size)

@@ -12,9 +12,10 @@ checkpoint or refuses, naming each tensor it would drop, could not fill, or whos
 does not fit. Export writes the same folder layout, so
 `transformers.AutoModelForCausalLM.from_pretrained(folder)` loads what we trained.
 
-Parameter names are one table (`_param_map`): per-layer entries come from `_LAYER_TABLE`
-expanded by `_layer_path`, so a stacked (scanned) layer tree only changes how a layer's
-path and slice are formed, not the table.
+Parameter names are one table (`_param_map`): per-layer entries come from `_layer_table`
+expanded by `_layer_path`. With scanned layers (`ModelConfig.scan_layers`) layer i of a
+parameter is row i of one stacked [L, ...] array: each device's block of it is read as the
+rows of the L checkpoint tensors its slice covers, and export writes row i as layer i.
 """
 from __future__ import annotations
 
@@ -168,7 +169,10 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
   """Maps a HF config.json dict to (model_type, ModelConfig). Every switch comes from the
   config (as transformers reads it), never from which tensors happen to be present: the
   loaders then require the checkpoint to hold exactly the tensors that config implies.
-  `overrides` replace ModelConfig fields (dtype, remat, ...)."""
+  `overrides` replace ModelConfig fields (dtype, remat, ...). Layers are scanned unless
+  `scan_layers=False` is passed: checkpoints are real models (0.5B and up), where a scanned
+  stack keeps compile time flat in depth (the tiny embedded default stays unrolled, which
+  is faster on CPU)."""
   model_type = hf.get("model_type")
   if model_type == "gemma3":
     raise ValueError("config.json: model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration; "
@@ -209,6 +213,7 @@ def model_config_from_hf(hf: dict, **overrides) -> tuple[str, ModelConfig]:
       activation=_ACTIVATIONS[act], **_rope_fields(hf))
   if model_type in _SLIDING_ARCHS:
     fields.update(_gemma2_fields(hf, model_type, fields["n_layers"]))
+  fields["scan_layers"] = True
   fields.update(overrides)
   return model_type, ModelConfig.from_mapping(fields)
 
@@ -308,7 +313,8 @@ def model_config_to_hf(arch: str, cfg: ModelConfig, extra: dict | None = None) -
   return hf
 
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")  # how we run a model, not what it is
+# how we run a model, not what it is: a checkpoint's config.json never decides these
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention")
 
 
 def _canonical(cfg: ModelConfig) -> ModelConfig:
@@ -331,15 +337,15 @@ def _canonical(cfg: ModelConfig) -> ModelConfig:
 
 
 def config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
-  """Fields (other than dtype / param_dtype / remat) where a and b describe different models."""
+  """Fields (other than the RUNTIME_FIELDS) where a and b describe different models."""
   a, b = _canonical(a), _canonical(b)
   return [f"{f.name}: {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in dataclasses.fields(ModelConfig)
-          if f.name not in _RUNTIME_FIELDS and getattr(a, f.name) != getattr(b, f.name)]
+          if f.name not in RUNTIME_FIELDS and getattr(a, f.name) != getattr(b, f.name)]
 
 
 def _export_differences(arch: str, cfg: ModelConfig) -> list[str]:
   """What a config.json written for `arch` would lose of `cfg` (empty: exact)."""
-  runtime = {k: getattr(cfg, k) for k in _RUNTIME_FIELDS}
+  runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
   return config_differences(cfg, model_config_from_hf(model_config_to_hf(arch, cfg), **runtime)[1])
 
 
@@ -361,12 +367,19 @@ class _Map:
 
   ours = (hf.T if transpose else hf).reshape(shape); `groups` lists, for each axis of the
   (transposed) HF tensor, the run of our axes it splits into (e.g. q_proj's [h*hd, d] is
-  ours [d, h, hd] with groups ((0,), (1, 2)))."""
+  ours [d, h, hd] with groups ((0,), (1, 2))). `layer`: None, or the row of a stacked
+  [L, *shape] parameter this tensor is (scanned layers)."""
   ours: tuple
   hf: str
   shape: tuple
   groups: tuple
   transpose: bool = False
+  layer: int | None = None
+
+  @property
+  def name(self) -> str:
+    """Our parameter, as "layers/attn/q[3]" for row 3 of a stacked one."""
+    return "/".join(map(str, self.ours)) + ("" if self.layer is None else f"[{self.layer}]")
 
   @property
   def hf_shape(self) -> tuple:
@@ -400,9 +413,10 @@ class _Map:
 _ROW, _MATRIX = ((0,),), ((0,), (1,))
 
 
-def _layer_path(i: int, sub: tuple) -> tuple:
-  """Our path of layer i's parameter `sub` (one tree per layer today)."""
-  return ("layers", i) + sub
+def _layer_path(cfg: ModelConfig, i: int, sub: tuple) -> tuple[tuple, int | None]:
+  """(our path, row) of layer i's parameter `sub`: ("layers", i, *sub) with one tree per
+  layer, or row i of the stacked ("layers", *sub) with scanned layers."""
+  return (("layers",) + sub, i) if cfg.scan_layers else (("layers", i) + sub, None)
 
 
 def _layer_table(cfg: ModelConfig) -> Iterator[tuple]:
@@ -432,8 +446,9 @@ def _layer_table(cfg: ModelConfig) -> Iterator[tuple]:
 def _param_map(cfg: ModelConfig, prefix: str = "model.") -> list[_Map]:
   maps = [_Map(("embed",), f"{prefix}embed_tokens.weight", (cfg.vocab_size, cfg.d_model), _MATRIX)]
   for i in range(cfg.n_layers):
-    maps += [_Map(_layer_path(i, sub), f"{prefix}layers.{i}.{name}", shape, groups, transpose)
-             for sub, name, shape, groups, transpose in _layer_table(cfg)]
+    for sub, name, shape, groups, transpose in _layer_table(cfg):
+      path, row = _layer_path(cfg, i, sub)
+      maps.append(_Map(path, f"{prefix}layers.{i}.{name}", shape, groups, transpose, row))
   maps.append(_Map(("final_norm", "scale"), f"{prefix}norm.weight", (cfg.d_model,), _ROW))
   if not cfg.tie_embeddings:
     maps.append(_Map(("lm_head",), "lm_head.weight", (cfg.d_model, cfg.vocab_size), _MATRIX, True))
@@ -476,7 +491,7 @@ def _check_tensors(weights: SafetensorsFolder, maps: list[_Map], also_used=()):
   misshapen and unused tensor."""
   wanted = {m.hf: m for m in maps}
   missing = [n for n in wanted if n not in weights]
-  shapes = [f"{n} is {weights.shape(n)}, expected {m.hf_shape} (for {'/'.join(map(str, m.ours))})"
+  shapes = [f"{n} is {weights.shape(n)}, expected {m.hf_shape} (for {m.name})"
             for n, m in wanted.items() if n in weights and weights.shape(n) != m.hf_shape]
   unused = [n for n in weights.keys() if n not in wanted and n not in set(also_used)]
   problems = []
@@ -490,15 +505,31 @@ def _check_tensors(weights: SafetensorsFolder, maps: list[_Map], also_used=()):
     raise ValueError(f"{weights.folder}: " + ". ".join(problems))
 
 
+def _read_stacked(weights: SafetensorsFolder, rows: list[_Map], index: tuple) -> np.ndarray:
+  """Block `index` of a stacked [L, ...] parameter: the rows its first slice covers, each
+  read (only its block) from that layer's tensor."""
+  start, stop, step = index[0].indices(len(rows)) if index else (0, len(rows), 1)
+  return np.stack([rows[i].read(weights, tuple(index[1:])) for i in range(start, stop, step)])
+
+
 def _load_tree(weights: SafetensorsFolder, maps: list[_Map], abstract: dict, shardings: dict) -> dict:
-  """Each mapped tensor into its sharding: every device's block is read on its own."""
-  out: dict = {}
+  """Each mapped parameter into its sharding: every device's block is read on its own."""
+  groups: dict[tuple, list[_Map]] = {}
   for m in maps:
-    target = get_path(abstract, m.ours)
-    if tuple(target.shape) != m.shape:
-      raise AssertionError(f"{m.ours}: table shape {m.shape} != model shape {target.shape}")
-    read = lambda index, m=m, dtype=target.dtype: m.read(weights, index).astype(dtype)
-    set_path(out, m.ours, jax.make_array_from_callback(m.shape, get_path(shardings, m.ours), read))
+    groups.setdefault(m.ours, []).append(m)
+  out: dict = {}
+  for ours, group in groups.items():
+    target = get_path(abstract, ours)
+    stacked = group[0].layer is not None
+    rows = sorted(group, key=lambda m: m.layer) if stacked else group
+    shape = ((len(rows),) if stacked else ()) + group[0].shape
+    if tuple(target.shape) != shape or (stacked and [m.layer for m in rows] != list(range(len(rows)))):
+      raise AssertionError(f"{ours}: table shape {shape} != model shape {target.shape}")
+    if stacked:
+      read = lambda index, rows=rows, dtype=target.dtype: _read_stacked(weights, rows, index).astype(dtype)
+    else:
+      read = lambda index, m=rows[0], dtype=target.dtype: m.read(weights, index).astype(dtype)
+    set_path(out, ours, jax.make_array_from_callback(shape, get_path(shardings, ours), read))
   return out
 
 
@@ -607,7 +638,12 @@ def save_hf_model(folder: str, arch: str, cfg: ModelConfig, params, head_params=
   dtype = dtype or cfg.param_dtype
   np_dtype = _NP_DTYPES[dtype]
   host = lambda x: np.asarray(jax.device_get(x))
-  tensors = {m.hf: m.to_hf(host(get_path(params, m.ours))).astype(np_dtype) for m in _param_map(cfg)}
+  fetched: dict[tuple, np.ndarray] = {}   # each (stacked) parameter copied to the host once
+  def ours(m: _Map) -> np.ndarray:
+    if m.ours not in fetched:
+      fetched[m.ours] = host(get_path(params, m.ours))
+    return fetched[m.ours] if m.layer is None else fetched[m.ours][m.layer]
+  tensors = {m.hf: m.to_hf(ours(m)).astype(np_dtype) for m in _param_map(cfg)}
   extra = dict(config_extra or {})
   if head_params is not None:
     kernel = host(head_params["kernel"])

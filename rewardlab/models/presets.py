@@ -21,7 +21,9 @@ _LLAMA3_ROPE = dict(rope_theta=500_000.0, rope_scaling="llama3", rope_low_freq_f
 
 
 def _preset(family: str, **fields) -> dict[str, Any]:
-  return dict(FAMILIES[family], **fields)
+  """A published shape: its family's switches, its sizes, and scanned layers (compile time
+  independent of depth; see ModelConfig.scan_layers)."""
+  return dict(FAMILIES[family], scan_layers=True, **fields)
 
 
 # The embedded default policy (a few million parameters; byte tokenizer): the sizes a run
@@ -87,7 +89,8 @@ _NOT_ARCHITECTURE = ("max_seq_len",)
 def check_hf_matches_preset(name: str, folder_or_config) -> ModelConfig:
   """Checks that a HF folder (or its config.json dict) describes preset `name`'s model.
   Returns the folder's ModelConfig; raises naming each field that differs (preset value vs
-  checkpoint value). dtype / param_dtype / remat and max_seq_len are not compared."""
+  checkpoint value). How the model runs (hf.RUNTIME_FIELDS: dtype, param_dtype, remat,
+  scan_layers, attention) and max_seq_len are not compared."""
   from rewardlab.models import hf  # hf imports the transformer; presets stay importable alone
   config = folder_or_config if isinstance(folder_or_config, dict) else hf.read_hf_config(folder_or_config)
   where = "config.json" if isinstance(folder_or_config, dict) else f"{folder_or_config}/config.json"

@@ -10,6 +10,14 @@ Attention works on *slots*: without a cache the slots are the T input positions;
 token. Prompts of different lengths are therefore left-padded: padding occupies early
 slots, is marked invalid, and RoPE positions count only real tokens. Local (sliding-window)
 layers further drop keys `sliding_window` or more real tokens back (`attention_masks`).
+
+Layers are one `Block` per layer (`nnx.List`), or, with `cfg.scan_layers`, one `Block` whose
+parameters carry a leading `layers` axis (built by `nnx.vmap`) and run by `jax.lax.scan`, so
+the program holds one layer whatever the depth. A layer's attention kind (global / local)
+is an integer the scan indexes masks and RoPE tables with. KV caches follow the layers:
+L-tuples of per-layer buffers, or stacked [L, ...] buffers carried through the scan and
+written in place. `stack_layers` / `unstack_layers` convert parameter trees between the two.
+Rematerialisation (`cfg.remat`) wraps each layer in `jax.checkpoint` with the named policy.
 """
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rewardlab.models import attention as kernels
 from rewardlab.models.config import ModelConfig
+from rewardlab.sharding import constrain
 
 _MASKED = -1e30  # finite so that fully masked (padding) rows give no NaN
 
@@ -33,6 +43,9 @@ class KVCache(NamedTuple):
          Dh minor the CPU matmul repacked the whole key cache every step (2.2x slower)
   v:     L-tuple of [B, KV, S, Dh] cached values (already the [S, Dh] right operand)
          One buffer per layer, so a decode step updates each in place, never restacking.
+         With scanned layers k / v are single [L, B, KV, Dh, S] / [L, B, KV, S, Dh] arrays,
+         carried through the layer scan and written in place at (layer, slot). Either way
+         the batch axis is axis -4 of k and v (`CACHE_BATCH_AXIS`).
   valid: [B, S] bool         slot holds a real (non-padding) token
   index: [] int32            next slot to write
   """
@@ -48,6 +61,7 @@ class SharedPrefix(NamedTuple):
   copy per prompt instead of n, and the n rows' queries meet it as one matrix.
 
   k: L-tuple of [B, KV, Dh, P]; v: L-tuple of [B, KV, P, Dh]; valid: [B, P] bool
+  (scanned layers: k [L, B, KV, Dh, P], v [L, B, KV, P, Dh], as in `KVCache`)
   """
   k: tuple
   v: tuple
@@ -60,9 +74,16 @@ class ModelOutput(NamedTuple):
   cache: Optional[KVCache]
 
 
+CACHE_BATCH_AXIS = -4  # of KVCache.k / .v and SharedPrefix.k / .v, per-layer or stacked
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  """An empty cache with `max_len` slots: per-layer buffers, or stacked ones for scanned layers."""
   dtype = dtype or cfg.jnp_dtype
-  zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+  if cfg.scan_layers:
+    zeros = lambda shape: jnp.zeros((cfg.n_layers,) + shape, dtype)
+  else:
+    zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
   return KVCache(k=zeros((batch, cfg.n_kv_heads, cfg.head_dim, max_len)),
                  v=zeros((batch, cfg.n_kv_heads, max_len, cfg.head_dim)),
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
@@ -75,9 +96,9 @@ def grow_cache(cache: KVCache, max_len: int) -> KVCache:
   extra = max_len - cache.valid.shape[1]
   if extra < 0:
     raise ValueError(f"grow_cache: max_len={max_len} is under the current {cache.valid.shape[1]} slots")
-  pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
-  return KVCache(k=tuple(pad(k, 3) for k in cache.k), v=tuple(pad(v, 2) for v in cache.v),
-                 valid=pad(cache.valid, 1), index=cache.index)
+  pad = lambda x, axis: jnp.pad(x, [(0, extra if a == x.ndim + axis else 0) for a in range(x.ndim)])
+  return KVCache(k=jax.tree.map(lambda k: pad(k, -1), cache.k), v=jax.tree.map(lambda v: pad(v, -2), cache.v),
+                 valid=pad(cache.valid, -1), index=cache.index)
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -195,6 +216,37 @@ def _attend_with_prefix(q, own_scores, own_v, prefix, cfg):
   return ungroup(out) + jnp.einsum("bkgts,bksd->bkgtd", probs[..., n_prefix:], own_v.astype(dt))
 
 
+class LayerInputs(NamedTuple):
+  """What a layer needs besides the residual stream, for its attention kind.
+
+  rope_cs: (cos, sin) each [B, T, 1, Dh/2] (`rope_tables`) at the queries' positions
+  mask:    [B, T, S] bool, which slots each query sees (`attention_masks`)
+  valid:   [B, S] bool, slots holding real tokens (kernels' padding)
+  index:   [] int32, slot of the first query (where new keys/values are written)
+  local:   sliding-window layer (for kernels): a bool, traced inside a scan over both kinds;
+           None until `_layer_fn` sets a layer's static kind
+  prefix:  None, or this layer's (k [Bp, KV, Dh, P], v [Bp, KV, P, Dh], mask) shared prefix
+  """
+  rope_cs: tuple
+  mask: jax.Array
+  valid: jax.Array
+  index: jax.Array
+  local: object = False
+  prefix: Optional[tuple] = None
+
+
+def _kernel_attention(q, k, v, inputs: LayerInputs, cfg: ModelConfig):
+  """`cfg.attention`'s kernel on a cache-less pass: q [B, T, H, Dh], k/v [B, T, KV, Dh]."""
+  if cfg.attention == "cudnn":
+    impl = "cudnn" if kernels.current_platform() == "gpu" else "xla"
+    return kernels.cudnn_attention(q, k, v, inputs.mask, cfg, implementation=impl)
+  run = lambda local: kernels.splash_attention(q, k, v, inputs.valid, cfg, local)
+  if isinstance(inputs.local, bool):
+    return run(inputs.local)
+  # a scanned stack of global and local layers: the kernel's mask is static, so branch
+  return jax.lax.cond(inputs.local, lambda: run(True), lambda: run(False))
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -215,11 +267,11 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(hd, cfg, rngs=rngs)
       self.k_norm = RMSNorm(hd, cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, mask, kv_cache, index, prefix=None):
-    """x: [B, T, D]; rope_cs: `rope_tables` of the positions; mask: [B, T, S] which slots
-    each query sees (`attention_masks`); kv_cache: None or (k [B, KV, Dh, S],
-    v [B, KV, S, Dh]) to write the T new keys/values into at slot `index`; prefix: None or
-    this layer's `SharedPrefix` (k, v, mask), attended before the cache slots."""
+  def __call__(self, x, inputs: LayerInputs, kv_cache=None):
+    """x: [B, T, D]. kv_cache: None, or (k, v, layer) buffers to write the T new keys/values
+    into at slot `inputs.index` and attend over: per-layer k [B, KV, Dh, S] / v [B, KV, S, Dh]
+    with layer None, or a scanned stack's [L, ...] buffers and this layer's traced index.
+    Returns ([B, T, D], the updated (k, v) buffers or None)."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
@@ -228,32 +280,54 @@ class Attention(nnx.Module):
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = apply_rope(q, rope_cs), apply_rope(k, rope_cs)
+    q, k = apply_rope(q, inputs.rope_cs), apply_rope(k, inputs.rope_cs)
+    q = constrain(q, ("batch", "length", "heads", "head_dim"))
+    k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+    b, t, h, hd = q.shape
+    if kv_cache is None and inputs.prefix is None and cfg.attention != "xla":
+      out = _kernel_attention(q, k, v, inputs, cfg)                          # [B, T, H, Dh]
+      new_cache = None
+    else:
+      out, new_cache = self._attend(q, k, v, inputs, kv_cache)
+    out = constrain(out, ("batch", "length", "heads", "head_dim"))
+    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+    if cfg.o_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out, new_cache
+
+  def _attend(self, q, k, v, inputs: LayerInputs, kv_cache):
+    """The reference: f32 scores, masked softmax, over the cache's slots (and a shared
+    prefix). q [B, T, H, Dh], k/v [B, T, KV, Dh] -> ([B, T, H, Dh], updated buffers)."""
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
     # (batch, head) lead, so neither the cache update nor the attention contractions need
     # a per-step transpose of the whole cache (layouts: see KVCache)
     k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)                 # [B,KV,Dh,T], [B,KV,T,Dh]
+    new_cache = None
     if kv_cache is not None:
-      k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, 0, index))
-      v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, index, 0))
-      new_cache = (k, v)
-    else:
-      new_cache = None
+      k_buf, v_buf, layer = kv_cache
+      k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
+      if layer is None:
+        k = k_buf = jax.lax.dynamic_update_slice(k_buf, k, (0, 0, 0, inputs.index))
+        v = v_buf = jax.lax.dynamic_update_slice(v_buf, v, (0, 0, inputs.index, 0))
+      else:  # write this layer's new slots in the stack in place, then read the layer back
+        k_buf = jax.lax.dynamic_update_slice(k_buf, k[None], (layer, 0, 0, 0, inputs.index))
+        v_buf = jax.lax.dynamic_update_slice(v_buf, v[None], (layer, 0, 0, inputs.index, 0))
+        k = jax.lax.dynamic_index_in_dim(k_buf, layer, 0, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(v_buf, layer, 0, keepdims=False)
+      new_cache = (k_buf, v_buf)
     b, t, h, hd = q.shape
     kvh = k.shape[1]
     # grouped-query: G = h // kvh query heads share one kv head
     q = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)          # [B, KV, G, T, Dh]
     scores = _scores(q, k.astype(dt), cfg, "bkgtd,bkds->bkgts")
-    scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    if prefix is not None:
-      out = _attend_with_prefix(q, scores, v, prefix, cfg)
+    scores = jnp.where(inputs.mask[:, None, None], scores, _MASKED)
+    if inputs.prefix is not None:
+      out = _attend_with_prefix(q, scores, v, inputs.prefix, cfg)
     else:
       probs = jax.nn.softmax(scores, axis=-1).astype(dt)
       out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dt))
-    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
-    if cfg.o_bias:
-      out = out + self.o_bias[...].astype(dt)
-    return out, new_cache
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd), new_cache
 
 
 class MLP(nnx.Module):
@@ -270,7 +344,11 @@ class MLP(nnx.Module):
     dt = self.cfg.jnp_dtype
     gate = x @ self.gate[...].astype(dt)
     act = jax.nn.silu(gate) if self.cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    return (act * (x @ self.up[...].astype(dt))) @ self.down[...].astype(dt)
+    hidden = constrain(act * (x @ self.up[...].astype(dt)), ("batch", "length", "mlp"))
+    return hidden @ self.down[...].astype(dt)
+
+
+_RESIDUAL = ("batch", "length", "embed")
 
 
 class Block(nnx.Module):
@@ -287,18 +365,59 @@ class Block(nnx.Module):
       self.attn_post_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
       self.mlp_post_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
 
-  def __call__(self, x, rope_cs, mask, kv_cache, index, prefix=None):
-    a, kv_cache = self.attn(self.attn_norm(x), rope_cs, mask, kv_cache, index, prefix)
-    x = x + (self.attn_post_norm(a) if self.post_norms else a)
+  def __call__(self, x, inputs: LayerInputs, kv_cache=None):
+    """x [B, T, D] -> (x [B, T, D], updated kv buffers or None); see `Attention`."""
+    a, kv_cache = self.attn(self.attn_norm(x), inputs, kv_cache)
+    x = constrain(x + (self.attn_post_norm(a) if self.post_norms else a), _RESIDUAL)
     m = self.mlp(self.mlp_norm(x))
-    return x + (self.mlp_post_norm(m) if self.post_norms else m), kv_cache
+    return constrain(x + (self.mlp_post_norm(m) if self.post_norms else m), _RESIDUAL), kv_cache
 
 
-def _run_block(block, x, rope_cs, mask, kv_cache, index, prefix):
-  return block(x, rope_cs, mask, kv_cache, index, prefix)
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters have a leading [n_layers] axis (logical name "layers"),
+  each layer initialised from its own split of `rngs`."""
+  @nnx.split_rngs(splits=cfg.n_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers", "axes": "layers"})
+  def make(rngs):
+    return Block(cfg, rngs=rngs)
+  return make(rngs)
 
 
-_run_block_remat = nnx.remat(_run_block)
+def remat_policy(name: str):
+  """jax.checkpoint policy for `ModelConfig.remat` ("full": save nothing but layer inputs)."""
+  return None if name == "full" else getattr(jax.checkpoint_policies, name)
+
+
+def _layer_fn(graphdef, cfg: ModelConfig, differentiable: bool, in_scan: bool, local: Optional[bool] = None):
+  """pure (layer params, x, inputs, kv_cache) -> (x, kv_cache) for one layer, rematerialised
+  per `cfg.remat` when gradients may flow (no cache). `local`: the layer's static kind
+  (unrolled layers, or a scan over one kind; inputs.local is then None), or None inside a
+  scan over both kinds, where inputs.local is traced. Inside a scan XLA cannot CSE across iterations, so `prevent_cse` (an
+  optimisation barrier per layer) is only needed unrolled."""
+  def run(params, x, inputs, kv_cache):
+    if local is not None:
+      inputs = inputs._replace(local=local)
+    return nnx.merge(graphdef, params)(x, inputs, kv_cache)
+  if cfg.remat == "none" or not differentiable:
+    return run
+  return jax.checkpoint(run, policy=remat_policy(cfg.remat), prevent_cse=not in_scan)
+
+
+def stack_layers(params: dict) -> dict:
+  """Parameter pure dict with per-layer trees {"layers": {0: ..., 1: ...}} -> the scanned
+  layout {"layers": tree of [L, ...] arrays}; other entries unchanged."""
+  layers = params["layers"]
+  order = sorted(layers)
+  if order != list(range(len(order))):
+    raise ValueError(f"stack_layers: layer keys {order} are not 0..L-1 (already stacked?)")
+  return dict(params, layers=jax.tree.map(lambda *xs: jnp.stack(xs), *(layers[i] for i in order)))
+
+
+def unstack_layers(params: dict) -> dict:
+  """The inverse of `stack_layers`: {"layers": tree of [L, ...]} -> {"layers": {i: tree}}."""
+  layers = params["layers"]
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return dict(params, layers={i: jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)})
 
 
 def rope_inv_freqs(cfg: ModelConfig) -> np.ndarray:
@@ -351,7 +470,10 @@ class Transformer(nnx.Module):
     embed_init = jax.nn.initializers.normal(stddev=cfg.d_model ** -0.5)
     self.embed = _param(rngs, embed_init, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                         cfg.jnp_param_dtype)
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    if cfg.scan_layers:
+      self.layers = stacked_blocks(cfg, rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, _fan_in_normal(cfg.d_model), (cfg.d_model, cfg.vocab_size),
@@ -418,19 +540,65 @@ class Transformer(nnx.Module):
     x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.jnp_dtype)
-    run = _run_block_remat if cfg.remat else _run_block
+    x = constrain(x, _RESIDUAL)
+    per_kind = [LayerInputs(rope_cs[kind], masks[kind], key_valid, index, None,
+                            None if prefix is None else prefix_masks[kind]) for kind in range(len(masks))]
+    run = self._scan_layers if cfg.scan_layers else self._unrolled_layers
+    x, kv = run(x, per_kind, cache, prefix)
+    hidden = self.final_norm(x)
+    if cache is not None:
+      cache = KVCache(kv[0], kv[1], key_valid, index + t)
+    return hidden, cache
+
+  def _unrolled_layers(self, x, per_kind: list, cache, prefix):
+    """One call per layer; per_kind[k]: the LayerInputs of attention kind k (its `prefix` the
+    kind's prefix mask). Returns (x, (k L-tuple, v L-tuple) or None)."""
     new_k, new_v = [], []
-    for i, (block, kind) in enumerate(zip(self.layers, cfg.attention_kinds)):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix_masks[kind])
-      x, kv = run(block, x, rope_cs[kind], masks[kind], kv, index, layer_prefix)
+    for i, (block, kind) in enumerate(zip(self.layers, self.cfg.attention_kinds)):
+      graphdef, params = nnx.split(block)
+      step = _layer_fn(graphdef, self.cfg, differentiable=cache is None, in_scan=False, local=bool(kind))
+      inputs = per_kind[kind]._replace(local=None)
+      if prefix is not None:
+        inputs = inputs._replace(prefix=(prefix.k[i], prefix.v[i], inputs.prefix))
+      kv = None if cache is None else (cache.k[i], cache.v[i], None)
+      x, kv = step(params, x, inputs, kv)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
-    hidden = self.final_norm(x)
-    if cache is not None:
-      cache = KVCache(tuple(new_k), tuple(new_v), key_valid, index + t)
-    return hidden, cache
+    return x, (None if cache is None else (tuple(new_k), tuple(new_v)))
+
+  def _scan_layers(self, x, per_kind: list, cache, prefix):
+    """`jax.lax.scan` over the stacked layers: xs are each layer's parameters, kind and
+    index (and shared-prefix keys/values); the carry is x and the stacked cache buffers,
+    which each layer writes in place. With several attention kinds their masks / RoPE
+    tables are stacked and indexed by the layer's kind. Returns (x, (k, v) stacks or None)."""
+    cfg = self.cfg
+    graphdef, params = nnx.split(self.layers)
+    one_kind = len(per_kind) == 1
+    step = _layer_fn(graphdef, cfg, differentiable=cache is None, in_scan=True, local=False if one_kind else None)
+    kinds = jnp.asarray(cfg.attention_kinds, jnp.int32)
+    if one_kind:
+      select = lambda kind: per_kind[0]
+    else:
+      if prefix is not None:  # the global kind's [Bp, 1, 1, P] prefix mask to the local kind's shape
+        per_kind[0] = per_kind[0]._replace(prefix=jnp.broadcast_to(per_kind[0].prefix, per_kind[1].prefix.shape))
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_kind)
+      select = lambda kind: jax.tree.map(lambda a: a[kind], stacked)._replace(local=kind == 1)
+
+    def body(carry, xs):
+      x, kv = carry
+      layer_params, kind, layer, prefix_kv = xs
+      inputs = select(kind)
+      if prefix_kv is not None:
+        inputs = inputs._replace(prefix=(*prefix_kv, inputs.prefix))
+      x, kv = step(layer_params, x, inputs, None if kv is None else (*kv, layer))
+      return (x, kv), None
+
+    kv = None if cache is None else (cache.k, cache.v)
+    prefix_kv = None if prefix is None else (prefix.k, prefix.v)
+    xs = (params, kinds, jnp.arange(cfg.n_layers, dtype=jnp.int32), prefix_kv)
+    (x, kv), _ = jax.lax.scan(body, (x, kv), xs)
+    return x, kv
 
   def logits(self, hidden: jax.Array, unembedding: Optional[jax.Array] = None) -> jax.Array:
     """[B, T, D] -> [B, T, V] float32 (soft-capped when the model is). `unembedding`: a

@@ -25,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
-from rewardlab.models.transformer import SharedPrefix, grow_cache, init_cache, positions_from_valid
+from rewardlab.models.transformer import (CACHE_BATCH_AXIS, SharedPrefix, grow_cache, init_cache,
+                                          positions_from_valid)
 from rewardlab.sharding import BATCH_AXES, shard_batch
 
 
@@ -139,6 +140,13 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
   def constrain(x, spec):
     return x if batch_spec is None else jax.lax.with_sharding_constraint(x, spec)
 
+  def constrain_kv(x):
+    """A per-layer [B, ...] or stacked [L, B, ...] cache buffer, batch-sharded."""
+    if batch_spec is None:
+      return x
+    lead = (None,) * (x.ndim + CACHE_BATCH_AXIS)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(batch_spec.mesh, P(*lead, BATCH_AXES)))
+
   def sample(params, tokens, valid, rng):
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
@@ -158,18 +166,17 @@ def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
       prefix = SharedPrefix(cache.k, cache.v, cache.valid)
       cache = init_cache(cfg, bn, segment_ends[0])
     elif n > 1:  # one prefill, its cache rows repeated prompt-major
-      rep = lambda x, axis: jnp.repeat(x, n, axis=axis)
-      cache = cache._replace(k=tuple(rep(k, 0) for k in cache.k), v=tuple(rep(v, 0) for v in cache.v),
-                             valid=rep(cache.valid, 0))
+      rep = lambda x: jnp.repeat(x, n, axis=x.ndim + CACHE_BATCH_AXIS)
+      cache = cache._replace(k=jax.tree.map(rep, cache.k), v=jax.tree.map(rep, cache.v),
+                             valid=jnp.repeat(cache.valid, n, axis=0))
     if n > 1:
       last_logits, next_pos = jnp.repeat(last_logits, n, axis=0), jnp.repeat(next_pos, n, axis=0)
     unembedding = model.decode_unembedding()
     rope_table = model.rope_table(p + new)   # every decode position is < p + new
 
     def constrain_cache(cache):
-      return cache if batch_spec is None else cache._replace(
-          k=tuple(constrain(k, batch_spec) for k in cache.k),
-          v=tuple(constrain(v, batch_spec) for v in cache.v), valid=constrain(cache.valid, batch_spec))
+      return cache._replace(k=jax.tree.map(constrain_kv, cache.k), v=jax.tree.map(constrain_kv, cache.v),
+                            valid=constrain(cache.valid, batch_spec))
     stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
     out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
                logps=jnp.zeros((bn, new), jnp.float32),

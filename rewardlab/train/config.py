@@ -15,10 +15,11 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from rewardlab.data.tasks import TASKS
+from rewardlab.models.attention import check_attention_platform
 from rewardlab.models.config import ModelConfig
 from rewardlab.models.lora import LORA_TARGETS
 from rewardlab.ops.masked import AGGREGATIONS
-from rewardlab.train.optim import OPTIMIZERS, SCHEDULES
+from rewardlab.train.optim import OPTIMIZERS, SCHEDULES, STATE_DTYPES
 from rewardlab.sharding import BATCH_AXES, MESH_AXES, mesh_shape
 from rewardlab.train.policy import PolicySpec, resolve_model_config
 
@@ -47,7 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(name="sft", aggregation="token_mean"))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=2e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
-      b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0))
+      b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0,
+      mu_dtype="",              # first-moment dtype ("" = master dtype; "bfloat16" halves it)
+      master_dtype="float32"))  # f32 master copy of bf16 params in the optimizer state ("" = none)
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, log_every=10, eval_every=250, checkpoint_every=500, keep_checkpoints=2,
       progress=True, tensorboard=True, logprob_chunk=4096,
@@ -85,6 +88,9 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
     _one_of(config, "objective.aggregation", AGGREGATIONS)
   _one_of(config, "optim.name", OPTIMIZERS)
   _one_of(config, "optim.schedule", SCHEDULES)
+  for field in ("mu_dtype", "master_dtype"):
+    if field in config.optim:
+      _one_of(config, f"optim.{field}", STATE_DTYPES)
   _one_of(config, "data.task", TASKS)
   if config.model.get("hf_path"):
     _check(os.path.exists(os.path.join(config.model.hf_path, "config.json")), "model.hf_path",
@@ -92,6 +98,10 @@ def validate(config: ml_collections.ConfigDict, objectives, pipelines,
   try:
     model = resolve_model_config(PolicySpec.from_config(config))
   except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{e}") from None
+  try:
+    check_attention_platform(model, jax.default_backend())
+  except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   if "lora" in config and config.lora.rank > 0:
     bad = sorted(set(config.lora.targets) - set(LORA_TARGETS))

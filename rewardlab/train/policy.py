@@ -20,8 +20,9 @@ from rewardlab.models.lora import apply_lora, init_lora, lora_specs
 from rewardlab.sharding import LOGICAL_RULES, named
 from rewardlab.train.state import init_params
 
-# model fields a HF folder's config.json does not decide (precision, rematerialisation)
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
+# model fields a HF folder's config.json does not decide (precision, rematerialisation,
+# scanned layers, attention kernel): one list, in models.hf
+RUNTIME_FIELDS = hf_io.RUNTIME_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
