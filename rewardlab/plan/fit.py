@@ -10,8 +10,11 @@ core may import this module without importing the pipelines.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from rewardlab.plan.chips import GiB
+
+_CHECKED: dict[str, object] = {}   # config fingerprint -> its PlanReport: each config is compiled once
 
 
 class DoesNotFit(RuntimeError):
@@ -35,12 +38,14 @@ def check_fit(config, topology=None, name: str = "config"):
   topo = topology or local_topology(measure=False)
   if budget > 0:
     topo = dataclasses.replace(topo, chip=dataclasses.replace(topo.chip, hbm_bytes=budget))
-  report = plan_config(config, topo, margin, name=name)
+  key = hashlib.sha1((config.to_json_best_effort(sort_keys=True) + repr(topo)).encode()).hexdigest()
+  if key not in _CHECKED:   # the CLI and the pipeline may both ask; compile once
+    _CHECKED[key] = plan_config(config, topo, margin, name=name)
+  report = _CHECKED[key]
   over = [f for f in report.functions if not f.fits]
   if over:
     where = "train.memory_budget_gib" if budget > 0 else f"{topo.chip.name} memory"
-    detail = "; ".join(f.error and f"{f.name}: {f.error}" or
-                       f"{f.name} needs {f.total / GiB:.3g} GiB per device" for f in over)
+    detail = "; ".join(f"{f.name} needs {f.needs} per device" for f in over)
     raise DoesNotFit(f"{detail}: over {margin:.0%} of {report.functions[0].hbm / GiB:.3g} GiB ({where}). "
                      "Try `rewardlab plan --suggest` with this config for a setting that fits.")
   return report

@@ -10,6 +10,7 @@ import time
 
 from rewardlab.plan import hlo
 from rewardlab.plan.chips import GiB, MAXTEXT_MFU, Chip
+from rewardlab.plan.functions import per_chip_bytes
 
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Ran out of memory", "out of memory")
 
@@ -65,6 +66,11 @@ class FunctionReport:
     """The model-FLOPs utilisation this bound allows: model FLOPs / (bound x peak)."""
     return self.model_flops / (self.bound_s * chip.peak_flops) if self.bound_s > 0 else 0.0
 
+  @property
+  def needs(self) -> str:
+    """The per-chip total, marked as a lower bound when the compiler gave up (out of memory)."""
+    return (">= " if self.error else "") + f"{self.total / GiB:.3g} GiB"
+
   def as_dict(self, chip: Chip) -> dict:
     d = dataclasses.asdict(self)
     d.update(total=self.total, fits=self.fits, bound_s=self.bound_s, mfu_bound=self.mfu_bound(chip),
@@ -92,6 +98,11 @@ def measure(job, chip: Chip, n_devices: int, margin: float = 0.9) -> FunctionRep
       raise
     rep.compile_s = time.perf_counter() - t
     rep.error = "does not fit: " + _oom_summary(str(e))
+    # what is known without a program: the arguments exactly, and the compiler's own count
+    rep.argument = per_chip_bytes(job.args)
+    rep.temp, used = _oom_sizes(str(e))
+    if used:
+      rep.temp = max(used - rep.argument, 0.0)
     return rep
   rep.compile_s = time.perf_counter() - t
   mem = compiled.memory_analysis()
@@ -112,6 +123,19 @@ def measure(job, chip: Chip, n_devices: int, margin: float = 0.9) -> FunctionRep
   if rep.unknown_loops:
     rep.notes += (f"{rep.unknown_loops} loop(s) with an unknown trip count counted once",)
   return rep
+
+
+_SIZE = r"([\d.]+)([KMGT])"
+_UNIT = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _oom_sizes(message: str) -> tuple[float, float]:
+  """(temporaries, total used) in bytes from XLA's out-of-memory message (0 when absent):
+  '... memory required for HLO temporaries (24.87G) exceeds ...' / 'Used 18.5G of 15.75G hbm'."""
+  temp = re.search(r"temporaries \(" + _SIZE + r"\)", message)
+  used = re.search(r"Used " + _SIZE + r" of " + _SIZE + r" hbm", message)
+  size = lambda m, i=1: float(m.group(i)) * _UNIT[m.group(i + 1)] if m else 0.0  # noqa: E731
+  return size(temp), size(used)
 
 
 def _oom_summary(message: str) -> str:
@@ -147,6 +171,15 @@ class PlanReport:
   def to_json(self) -> str:
     return json.dumps(self.as_dict(), indent=2)
 
+  @classmethod
+  def from_dict(cls, d: dict) -> "PlanReport":
+    """The report `as_dict` wrote (`rewardlab plan --json`), e.g. to print it as a table."""
+    names = {f.name for f in dataclasses.fields(FunctionReport)}
+    functions = [FunctionReport(**{k: (tuple(v) if k == "notes" else v) for k, v in f.items() if k in names})
+                 for f in d["functions"]]
+    return cls(d["config"], d["topology"], Chip(**d["chip"]), d["n_devices"], d["mesh"], d["model"], functions,
+               d["margin"], list(d.get("notes", [])))
+
 
 def _gib(x: float) -> str:
   return f"{x / GiB:.3g}"
@@ -176,7 +209,8 @@ def format_report(r: PlanReport) -> str:
   lines += [head + "   (GiB per chip; FLOPs/bytes per chip per call)", "-" * len(head)]
   for f in r.functions:
     if f.error:
-      lines.append(f"{f.name:<20} {f.error}")
+      lines.append(f"{f.name:<20} {_gib(f.argument):>7} {_gib(f.temp):>7}       ? {'':>7} {'>=' + _gib(f.total):>7} "
+                   f"{f.total / c.hbm_bytes:>5.0%}   NO   (the compiler ran out of memory: see below)")
       continue
     other = f.resident + f.extra + f.code - f.alias
     lines.append(f"{f.name:<20} {_gib(f.argument):>7} {_gib(f.temp):>7} {_gib(f.output):>7} {_gib(other):>7} "
@@ -187,7 +221,9 @@ def format_report(r: PlanReport) -> str:
   for f in r.functions:
     extra = (f"; decode bound {f.tokens / f.bound_s:,.0f} tokens/s" if f.tokens and f.bound_s else "")
     lines.append(f"{f.name}: {f.what}{extra}")
-    if not f.error:
+    if f.error:
+      lines.append(f"  {f.error}")
+    else:
       lines.append(f"  collectives: {_collective_summary(f.collectives)}")
     for note in f.notes:
       lines.append(f"  note: {note}")

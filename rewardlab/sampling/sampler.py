@@ -273,7 +273,9 @@ def make_decode_fns(graphdef, sp: SamplingParams, pad_id: int, mesh: Mesh | None
 
   `decode_step` is exactly one iteration of the sampler's loop; give it a carry whose cache
   has been grown (`grow_cache`) to the segment being decoded, e.g. the last one,
-  cache_offset(sp, P) + max_new_tokens slots, for the largest step.
+  cache_offset(sp, P) + max_new_tokens slots, for the largest step. The carry is donated,
+  so the cache is updated in place as inside the loop (a compiled step's memory then counts
+  one cache, not two).
   """
   batch_spec = None if mesh is None else NamedSharding(mesh, P(BATCH_AXES))
 
@@ -283,7 +285,7 @@ def make_decode_fns(graphdef, sp: SamplingParams, pad_id: int, mesh: Mesh | None
   def decode_step(params, carry, prefix, unembedding, rope_table, rng):
     return _decode_step(nnx.merge(graphdef, params), sp, pad_id, carry, prefix, unembedding, rope_table,
                         rng, batch_spec)
-  return jax.jit(prefill), jax.jit(decode_step)
+  return jax.jit(prefill), jax.jit(decode_step, donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=64)
