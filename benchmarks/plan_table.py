@@ -4,7 +4,7 @@ on TPU slices (compiled on this machine through libtpu; nothing runs on a TPU).
     python benchmarks/plan_table.py                 # every row at full depth (slow: minutes per compile)
     python benchmarks/plan_table.py --layers 2      # quick look with 2-layer models -> runs/plan_table/
     python benchmarks/plan_table.py --rows 0,2 --fresh
-    python benchmarks/plan_table.py --extrapolate 2,4   # full depth from 2- and 4-layer compiles
+    python benchmarks/plan_table.py --jobs 2         # two rows at a time
 
 Each (row, topology, function) is planned in its own `rewardlab plan --json` process and
 cached in runs/plan_table/cache/, so an interrupted run resumes where it stopped. A row
@@ -14,6 +14,7 @@ the same TPU generation until it fits, and the table names the smallest that doe
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
@@ -98,15 +99,6 @@ def plan_one(row: Row, topology: str, function: str, layers: int | None, fresh: 
   return result
 
 
-def plan_at(row: Row, topology: str, function: str, args) -> dict:
-  """The function's plan at full depth: compiled, or extrapolated from two shallower compiles."""
-  if not args.extrapolate:
-    return plan_one(row, topology, function, args.layers, args.fresh, args.timeout)
-  la, lb = (int(x) for x in args.extrapolate.split(","))
-  a, b = (plan_one(row, topology, function, n, args.fresh, args.timeout) for n in (la, lb))
-  return extrapolate(a, b, la, lb, full_depth(row.config))
-
-
 def gib(x: float) -> str:
   return f"{x / GiB:.2f}"
 
@@ -139,45 +131,6 @@ def table_lines(results: list[tuple[Row, str, dict]]) -> list[str]:
   return lines
 
 
-LINEAR = ("argument", "output", "alias", "temp", "code", "resident", "extra", "flops", "bytes_accessed",
-          "xla_flops", "model_flops", "compile_s", "compute_s", "memory_s")
-
-
-def extrapolate(a: dict, b: dict, la: int, lb: int, depth: int) -> dict:
-  """A plan at `depth` layers from plans at la and lb layers: every per-chip figure of an
-  unrolled layer stack is affine in the depth (weights, activations, FLOPs, collectives),
-  so each is extended along the line through the two. Fits / bound / MFU are recomputed."""
-  t = (depth - la) / (lb - la)
-  out = dict(b, functions=[], extrapolated=f"{la},{lb}->{depth}")
-  for fa, fb in zip(a["functions"], b["functions"]):
-    f = dict(fb)
-    for k in LINEAR:
-      f[k] = fa[k] + (fb[k] - fa[k]) * t
-    f["collectives"] = {kind: {q: fa["collectives"].get(kind, {q: 0.0})[q] + (v[q] - fa["collectives"].get(
-        kind, {q: 0.0})[q]) * t for q in ("count", "bytes")} for kind, v in fb["collectives"].items()}
-    f["total"] = f["argument"] + f["output"] - f["alias"] + f["temp"] + f["code"] + f["resident"] + f["extra"]
-    f["error"] = (f"does not fit: the compiler ran out of memory already at {la} / {lb} layers"
-                  if fa["error"] or fb["error"] else "")
-    f["fits"] = not f["error"] and f["total"] <= f["margin"] * f["hbm"]
-    f["bound_s"] = max(f["compute_s"], f["memory_s"])
-    f["mfu_bound"] = f["model_flops"] / (f["bound_s"] * out["chip"]["peak_flops"]) if f["bound_s"] else 0.0
-    f["tokens_per_s_bound"] = f["tokens"] / f["bound_s"] if f["tokens"] and f["bound_s"] else 0.0
-    out["functions"].append(f)
-  out["fits"] = all(f["fits"] for f in out["functions"])
-  return out
-
-
-def full_depth(config: str) -> int:
-  sys.path.insert(0, ROOT)
-  import importlib.util
-  from rewardlab.plan.functions import model_config
-  path, _, variant = config.partition(":")
-  spec = importlib.util.spec_from_file_location("plan_row_config", os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return model_config(module.get_config(variant) if variant else module.get_config()).n_layers
-
-
 def merge(plans: list[dict]) -> dict:
   """One plan of a row from its per-function plans."""
   out = dict(plans[0])
@@ -187,13 +140,29 @@ def merge(plans: list[dict]) -> dict:
   return out
 
 
+def plan_row(row: Row, args) -> tuple[list, str]:
+  """(the row's plans: its slice, then larger ones while functions do not fit; a note)."""
+  functions = FUNCTIONS[pipeline_of(row.config)]
+  plan = merge([plan_one(row, row.topology, fn, args.layers, args.fresh, args.timeout) for fn in functions])
+  results = [(row, row.topology, plan)]
+  failing = [f["name"] for f in plan["functions"] if not f["fits"]]
+  for bigger in row.larger if failing else ():
+    bigger_plan = merge([plan_one(row, bigger, fn, args.layers, args.fresh, args.timeout) for fn in failing])
+    results.append((row, bigger, bigger_plan))
+    failing = [f["name"] for f in bigger_plan["functions"] if not f["fits"]]
+    if not failing:
+      return results, (f"{row.label}: does not fit {row.topology}; the smallest slice tried where its failing "
+                       f"functions fit is **{bigger}**.")
+  if failing and row.larger:
+    return results, f"{row.label} on {row.topology}: {', '.join(failing)} still over budget on {row.larger[-1]}."
+  return results, ""
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--layers", type=int, default=None, help="plan n-layer variants (a quick look, not the table)")
   ap.add_argument("--rows", default="", help="comma-separated row indices (default: all)")
-  ap.add_argument("--extrapolate", default="", help="'2,4': full depth extrapolated from 2- and 4-layer compiles")
-  ap.add_argument("--no_validate", action="store_true",
-                  help="with --extrapolate: skip the full-depth compile of row 0 that checks the extrapolation")
+  ap.add_argument("--jobs", type=int, default=1, help="rows planned at the same time")
   ap.add_argument("--fresh", action="store_true", help="ignore cached plans")
   ap.add_argument("--timeout", type=int, default=7200, help="seconds per function")
   ap.add_argument("--out", default=None)
@@ -201,46 +170,17 @@ def main():
   rows = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ROWS
   out_path = args.out or (os.path.join(ROOT, "benchmarks", "plan_table.md") if args.layers is None else
                           os.path.join(ROOT, "runs", "plan_table", f"plan_table_{args.layers}layers.md"))
-  results, larger_notes, notes, chips = [], [], set(), {}
-  for row in rows:
-    functions = FUNCTIONS[pipeline_of(row.config)]
-    plan = merge([plan_at(row, row.topology, fn, args) for fn in functions])
-    results.append((row, row.topology, plan))
-    chips[plan["chip"]["name"]] = plan["chip"]
-    notes.update(f"{f['name']}: {n}" for f in plan["functions"] for n in f["notes"])
-    failing = [f["name"] for f in plan["functions"] if not f["fits"]]
-    for bigger in row.larger if failing else ():
-      bigger_plan = merge([plan_at(row, bigger, fn, args) for fn in failing])
-      results.append((row, bigger, bigger_plan))
-      failing = [f["name"] for f in bigger_plan["functions"] if not f["fits"]]
-      if not failing:
-        larger_notes.append(f"{row.label}: does not fit {row.topology}; the smallest slice tried where its "
-                            f"failing functions fit is **{bigger}**.")
-        break
-    else:
-      if failing and row.larger:
-        larger_notes.append(f"{row.label}: {', '.join(failing)} still over budget on {row.larger[-1]}.")
-  validation = validate_extrapolation(ROWS[0], args) if args.extrapolate and not args.no_validate else []
-  write_table(out_path, results, larger_notes, sorted(notes), chips, args.layers, args.extrapolate, validation)
+  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    planned = list(pool.map(lambda row: plan_row(row, args), rows))
+  results = [r for rs, _ in planned for r in rs]
+  larger_notes = [n for _, n in planned if n]
+  chips = {p["chip"]["name"]: p["chip"] for _, _, p in results}
+  notes = sorted({f"{f['name']}: {n}" for _, _, p in results for f in p["functions"] for n in f["notes"]})
+  write_table(out_path, results, larger_notes, notes, chips, args.layers)
   print(f"wrote {out_path}")
 
 
-def validate_extrapolation(row: Row, args) -> list[str]:
-  """Row `row` compiled at full depth next to its extrapolation: markdown lines."""
-  function = FUNCTIONS[pipeline_of(row.config)][0]
-  real = plan_one(row, row.topology, function, None, args.fresh, args.timeout)["functions"][0]
-  est = plan_at(row, row.topology, function, args)["functions"][0]
-  lines = [f"| {row.label}, {function} on {row.topology} | args GiB | temp GiB | total GiB | TFLOP | GB accessed "
-           "| all-gather GiB | all-reduce GiB | compile s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for name, f in (("compiled at full depth", real), ("extrapolated", est)):
-    coll = lambda k: f["collectives"].get(k, {"bytes": 0.0})["bytes"] / GiB  # noqa: E731
-    lines.append(f"| {name} | {gib(f['argument'])} | {gib(f['temp'])} | {gib(f['total'])} | {f['flops'] / 1e12:.4g} "
-                 f"| {f['bytes_accessed'] / 1e9:.4g} | {coll('all-gather'):.2f} | {coll('all-reduce'):.2f} "
-                 f"| {f['compile_s']:.0f} |")
-  return lines
-
-
-def write_table(path, results, larger_notes, notes, chips, layers, extrapolated="", validation=()):
+def write_table(path, results, larger_notes, notes, chips, layers):
   import jax
   try:
     from importlib.metadata import version
@@ -257,14 +197,6 @@ def write_table(path, results, larger_notes, notes, chips, layers, extrapolated=
   if layers:
     lines += [f"**Quick look: models cut to {layers} layers** (memory, FLOPs and compile time are not the "
               "full models').", ""]
-  if extrapolated:
-    la, lb = extrapolated.split(",")
-    lines += [f"**Full depth extrapolated from compiles at {la} and {lb} layers**: with the layers unrolled, "
-              "every per-chip figure is affine in the depth, so each is extended along the line through the "
-              f"two compiles (compile time too: the `compile s` column estimates a full-depth compile). "
-              "Full-depth compiles of these models take up to hours on this shared 2-core machine until "
-              "scanned layers land; the validation row below compares one extrapolation with a real "
-              "full-depth compile.", ""]
   lines += ["Per chip: `args` = parameters, optimizer state, frozen reference and the batch as the step receives "
             "them; `temp` = the compiler's temporaries (activations kept for the backward pass, logits chunks); "
             "`other` = generated code, buffers alive meanwhile (e.g. the train state while sampling), an emulated "
@@ -284,8 +216,6 @@ def write_table(path, results, larger_notes, notes, chips, layers, extrapolated=
   lines += table_lines(results)
   if larger_notes:
     lines += ["", "## Rows that did not fit their first slice", ""] + [f"- {n}" for n in larger_notes]
-  if validation:
-    lines += ["", "## Extrapolation check", ""] + list(validation)
   if notes:
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
   os.makedirs(os.path.dirname(path), exist_ok=True)
