@@ -245,3 +245,25 @@ def test_plan_a_tiny_config_for_a_tpu_topology():
   update = report.functions[0]
   assert "all-gather" in update.collectives or "all-reduce" in update.collectives
   assert report.functions[-1].tokens == config.rl.num_prompts * config.rl.group_size
+
+
+def test_suggest_finds_the_micro_batches_that_fit_and_prints_them_as_flags():
+  """A budget the 256-row step exceeds but a 128-row micro-step meets: the search tries
+  micro-batches first (same mesh, no extra recompute), stops at the first that fits and
+  prints it as an override flag; what it cannot search is said."""
+  from rewardlab.plan.suggest import format_suggestion, suggest
+  config = micro_sft_config()
+  config.model.vocab_size = 2048
+  config.data.batch_size = 256
+  config.train.micro_batches = 1
+  topo = local_topology(measure=False)
+  report = plan_config(config, topo)
+  need = report.functions[0].total
+  tight = dataclasses.replace(topo, chip=dataclasses.replace(topo.chip, hbm_bytes=0.8 * need / 0.9))
+  report.functions[0].hbm = tight.chip.hbm_bytes      # the same plan against the tighter budget
+  assert not report.fits
+  found = suggest(config, tight, report, budget=1)
+  assert found.found is not None and found.found.flags() == "--config.train.micro_batches=2"
+  assert found.report.fits and found.found.peak_gib * 2 ** 30 < 0.8 * need
+  text = format_suggestion(found)
+  assert "paste these overrides" in text and "--config.train.micro_batches=2" in text

@@ -116,7 +116,8 @@ def suggest(config, topology, base: PlanReport, margin: float = 0.9, budget: int
     not_searched.append("remat policies: model.remat is on/off only (named jax.checkpoint policies arrive with "
                         "scanned layers)")
   current_micro = int(config.train.get("micro_batches", 1) or 1) if has_micro else 1
-  tried, compiles, best = [], 0, None
+  tried, compiles, best, best_report = [], 0, None, None
+  everything = len(failing) == len(base.functions)   # a candidate's plan is then already complete
   for mesh in mesh_choices(current_mesh, topology.n_devices):
     for remat in remats:
       micros = micro_choices(config, mesh) if has_micro else [current_micro]
@@ -147,9 +148,11 @@ def suggest(config, topology, base: PlanReport, margin: float = 0.9, budget: int
         tried.append(found)
         if found.fits:
           if best is None or found.bound_s < best.bound_s:
-            best = found
+            best, best_report = found, report
           break     # more micro-batches for this mesh and remat only re-read weights more
-  full = plan_config(with_overrides(config, best.overrides), topology, margin) if best else None
+  full = None
+  if best is not None:
+    full = best_report if everything else plan_config(with_overrides(config, best.overrides), topology, margin)
   if full is not None and not full.fits:   # another function failed under the new setting
     best = dataclasses.replace(best, fits=False)
   return Suggestion(best if best and best.fits else None, full, tried, compiles, not_searched)
