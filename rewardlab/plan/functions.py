@@ -341,8 +341,8 @@ def plan_online_dpo(config, mesh: Mesh) -> list[Job]:
   jobs = [update_job("dpo_update", f"{config.objective.name} update, {b} on-policy pairs x {t} tokens",
                      pol.graphdef, loss, opt, schedule, state, pair_batch_spec(mesh, b, t), mesh, merge,
                      _micro(config), flops)]
-  if not rs.reference_free:
-    jobs.append(_reference_job(config, mesh, pol, b, t, live))
+  if not rs.reference_free:   # the reference pass reads the initial policy: the rest is the train state
+    jobs.append(_reference_job(config, mesh, pol, b, t, per_chip_bytes(state)))
   oc, tok = config.online, pol.tokenizer
   sp = SamplingParams(oc.max_new_tokens, n=rs.samples_per_prompt, temperature=oc.temperature,
                       stop_ids=(tok.eos_id,))
