@@ -15,7 +15,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -34,7 +33,7 @@ from rewardlab.sharding import BATCH_AXES, LOGICAL_RULES, batch_sharding, logica
 from rewardlab.train import step as train_step
 from rewardlab.train.optim import make_optimizer
 from rewardlab.train.policy import PolicySpec, resolve_model_config
-from rewardlab.train.state import TrainState
+from rewardlab.train.state import TrainState, shardings_of
 
 
 class Job(NamedTuple):
@@ -106,10 +105,6 @@ def abstract_state(params, optimizer, mesh: Mesh, frozen=None) -> TrainState:
                      or (not isinstance(x, tuple) and jax.tree.structure(x) == treedef))
   return TrainState(step=sds((), jnp.int32, rep), params=params, opt_state=opt,
                     rng=sds((2,), jnp.uint32, rep), frozen=frozen)
-
-
-def shardings_of(tree):
-  return jax.tree.map(lambda x: x.sharding, tree)
 
 
 def batch_leaf(mesh: Mesh, shape, dtype):
