@@ -78,11 +78,6 @@ class FunctionReport:
     return d
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return text[0][:300] if text else type(e).__name__
-
-
 def measure(job, chip: Chip, n_devices: int, margin: float = 0.9) -> FunctionReport:
   """Lowers and compiles `job.fn` on its abstract arguments and reads the figures. A compile
   that runs out of device memory (XLA's TPU compiler refuses programs that cannot fit)
