@@ -40,8 +40,7 @@ class Row:
 
 ROWS = [
     Row("Qwen3-0.6B SFT, 16 x 2048 tokens", "configs/plan_sft_qwen3_0p6b.py", "v5e:2x2", ("v5e:2x4", "v5e:4x4")),
-    Row("Qwen3-1.7B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:1.7b", "v5e:4x4",
-        ("v5e:4x8", "v5e:8x8")),
+    Row("Qwen3-1.7B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:1.7b", "v5e:4x4"),
     Row("Qwen3-8B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:8b", "v5p:2x2x2",
         ("v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4")),
     Row("Qwen3-8B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:8b", "v5p:4x4x4"),

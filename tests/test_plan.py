@@ -37,7 +37,8 @@ def test_loop_aware_cost_counts_every_iteration_of_nested_scans():
   assert matmuls <= cost.flops <= 1.01 * matmuls
   assert cost.xla_flops < matmuls / 10
   assert sorted(lp["trip"] for lp in cost.loops) == [3, 5] and all(lp["known"] for lp in cost.loops)
-  assert cost.bytes_accessed >= 15 * 256 * 256 * 4   # every weight slice read once per iteration
+  weight = 256 * 256 * 4
+  assert 15 * weight <= cost.bytes_accessed <= 15 * 8 * weight   # a slice per iteration, not the stack
 
 
 # An optimized-HLO excerpt in the TPU compiler's form: no recorded trip count (the condition
