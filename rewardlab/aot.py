@@ -1,7 +1,9 @@
-"""Know before you run: lower and compile rewardlab's jitted steps for a target topology on
-abstract shapes. With libtpu installed (`pip install -e '.[tpu]'`), XLA compiles for TPU on
-a CPU-only machine; nothing runs, and the compiled step reports per-chip memory
+"""Know before you run, one step at a time: lower and compile a jitted step for a target
+topology on abstract shapes. With libtpu installed (`pip install -e '.[tpu]'`), XLA compiles
+for TPU on a CPU-only machine; nothing runs, and the compiled step reports per-chip memory
 (`memory_analysis()`), FLOPs (`cost_analysis()`) and its collectives (`as_text()`).
+`rewardlab plan` (rewardlab/plan/) does this for every function of a whole config; these are
+its pieces for a hand-built step (benchmarks/compile_depth.py, tests/test_scale.py):
 
     devices = tpu_devices("v5p:2x2x2")
     mesh = make_mesh({"fsdp": 8}, devices)
@@ -13,18 +15,12 @@ a CPU-only machine; nothing runs, and the compiled step reports per-chip memory
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-from rewardlab.sharding import LOGICAL_RULES, named, param_specs
-from rewardlab.train.state import TrainState
-
-COLLECTIVES = ("all-reduce", "reduce-scatter", "all-gather", "all-to-all", "collective-permute")
+from rewardlab.plan.chips import tpu_topology
+from rewardlab.plan.functions import abstract_params, abstract_state
+from rewardlab.plan.hlo import COLLECTIVES
+from rewardlab.sharding import LOGICAL_RULES
 
 
 def libtpu_available() -> bool:
@@ -32,34 +28,19 @@ def libtpu_available() -> bool:
 
 
 def tpu_devices(topology: str):
-  """Abstract devices of a TPU topology ("v5p:2x2x2", "v4:2x2x1", "v5e:4x4", ...). Other
-  processes may hold libtpu's lock; compiling needs no exclusive TPU, so this allows it."""
-  if not libtpu_available():
-    raise RuntimeError("tpu_devices: libtpu is not installed (pip install -e '.[tpu]')")
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies
-  return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  """Compile-only devices of a TPU topology ("v5p:2x2x2", "v5e:4x4", ...)."""
+  return tpu_topology(topology).devices
 
 
 def count_collectives(hlo: str) -> dict:
-  """Collective ops by kind in an HLO text: `kind(` and `kind-start(` instructions (an async
-  pair's -done is not counted again)."""
+  """Collective instructions by kind in an HLO text, as written in the program (`kind(` and
+  `kind-start(`; an async pair's -done is not counted again). A loop body counts once: this
+  measures program size (scanned vs unrolled); `plan.hlo.collectives` counts ops per call."""
   return {k: len(re.findall(rf"\b{k}(?:-start)?\(", hlo)) for k in COLLECTIVES}
 
 
 def abstract_train_state(make_model, optimizer, mesh, rules=LOGICAL_RULES):
   """(graphdef, TrainState of ShapeDtypeStructs) with the shardings `init_params` and
-  `create_train_state` give: parameters by their logical axes, optimizer state as XLA
-  propagates `optimizer.init` (compiled for the same devices), scalars replicated."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-  shardings = named(mesh, param_specs(abstract, mesh, rules))
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nnx.to_pure_dict(abstract), shardings)
-  rep = NamedSharding(mesh, P())
-  init = jax.jit(optimizer.init).lower(params).compile()
-  opt_state = jax.tree.map(  # constants (step counts) come out unplaced: replicate them
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s if isinstance(s, NamedSharding) else rep),
-      jax.eval_shape(optimizer.init, params), init.output_shardings)
-  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params, opt_state=opt_state,
-                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
-  return graphdef, state
+  `create_train_state` give the real ones."""
+  graphdef, params = abstract_params(make_model, mesh, rules)
+  return graphdef, abstract_state(params, optimizer, mesh)

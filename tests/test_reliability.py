@@ -93,6 +93,23 @@ def test_cli_exits_non_zero_with_one_line(tmp_path):
   assert last.startswith("rewardlab: stopped: step 2: gradient norm is nan"), last
 
 
+def test_cli_names_a_bad_data_row_in_one_line(tmp_path):
+  """A row the loader refuses (here non-UTF-8 bytes on line 2) ends the run with exit 2 and one
+  line naming file:line, not a traceback."""
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_bytes(b'{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                    b'{"prompt": "2+2=", "chosen": "4", "rejected": "caf\xe9"}\n')
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "rewardlab", "train", "--config", "configs/dpo_synthetic.py:tiny",
+                        "--workdir", str(tmp_path / "run"), f"--config.data.pref_path={pairs}",
+                        "--config.sft_warmup.steps=0", "--config.train.progress=False"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last == f"rewardlab: bad data: {pairs}:2: not valid UTF-8 (byte 0xe9 at column 51)", last
+
+
 def test_infinite_reward_stops_rl_before_any_update(tmp_path, monkeypatch):
   monkeypatch.setitem(rollout_rewards.REWARD_BUILDERS, "broken_judge",
                       lambda ctx: lambda c: np.where(np.arange(len(c.texts)) % 3 == 1, np.inf, 0.5))

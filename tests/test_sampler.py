@@ -325,3 +325,29 @@ def test_text_api_and_bad_input(split):
     s.generate(params, ["1="], top_p=0.0)
   with pytest.raises(ValueError, match="over the model's max_seq_len=40"):
     s.generate(params, ["1="], max_new_tokens=31)
+
+
+def test_prefill_and_decode_step_functions_replay_the_sampler(split):
+  """`make_decode_fns` (what `rewardlab plan` compiles) are the sampler's own pieces: its
+  prefill, then decode_step applied over the same growing cache, gives exactly the tokens,
+  masks and log-probs of `make_sample_fn`, with a shared group prefix and without one."""
+  from rewardlab.models import grow_cache
+  from rewardlab.sampling import cache_offset, make_decode_fns
+  graphdef, params = split
+  model = nnx.merge(graphdef, params)
+  batch = prompt_batch(PROMPTS, TOK, 10)
+  for sp in (SamplingParams(max_new_tokens=7, temperature=0.9, top_k=40, n=3, grow_cache_every=3),
+             SamplingParams(max_new_tokens=5, temperature=0.0, share_prefix=False, n=2)):
+    rng = jax.random.PRNGKey(3)
+    ref = make_sample_fn(graphdef, sp, TOK.pad_id)(params, batch.tokens, batch.valid, rng)
+    prefill, decode_step = make_decode_fns(graphdef, sp, TOK.pad_id)
+    carry, prefix = prefill(params, batch.tokens, batch.valid)
+    constants = (model.decode_unembedding(), model.rope_table(10 + sp.max_new_tokens))
+    offset = cache_offset(sp, 10)
+    for end in sp.segment_ends():
+      carry = carry._replace(cache=grow_cache(carry.cache, offset + end))
+      while int(carry.i) < end:
+        carry = decode_step(params, carry, prefix, *constants, rng)
+    for field in ("tokens", "mask", "logps", "logps_model"):
+      np.testing.assert_allclose(np.asarray(carry.out[field]), np.asarray(getattr(ref, field)), atol=1e-6,
+                                 err_msg=field)

@@ -181,17 +181,23 @@ def make_unpaired_kto_loss_fn(objective_cfg, chunk: int):
   return loss_fn
 
 
-def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk,
-                    per_token: bool = False):
-  """One pass of the frozen reference over the dataset -> [N, 2] (chosen, rejected) summed
-  completion log-probs, or with per_token [N, 2, T-1] masked per-token log-probs."""
+def make_reference_scorer(graphdef, chunk: int, per_token: bool = False):
+  """jitted score(params, tokens [N, T], valid, loss_mask) -> [N] summed completion
+  log-probs, or with per_token [N, T-1] masked per-token log-probs: the reference pass."""
   @jax.jit
   def score(params, tokens, valid, mask):
     model = nnx.merge(graphdef, params)
     if per_token:
       return sequence_logprobs(model, tokens, valid, chunk) * mask[:, 1:]
     return summed_logprobs(model, tokens, valid, mask, chunk)[0]
+  return score
 
+
+def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size, mesh, chunk,
+                    per_token: bool = False):
+  """One pass of the frozen reference over the dataset -> [N, 2] (chosen, rejected) summed
+  completion log-probs, or with per_token [N, 2, T-1] masked per-token log-probs."""
+  score = make_reference_scorer(graphdef, chunk, per_token)
   out = np.zeros((len(pairs), 2) + ((seq_len - 1,) if per_token else ()), np.float32)
   for s in range(0, len(pairs), batch_size):
     chunk_pairs = list(pairs[s:s + batch_size])

@@ -62,15 +62,16 @@ def build_reward_model(spec: PolicySpec, hc: HeadConfig, mesh, trunk_params=None
   return graphdef, params, model_cfg
 
 
-def rm_lora(lora: LoraSpec, params, mesh, seed: int):
+def rm_lora(lora: LoraSpec, params, mesh, seed: int, adapters=None):
   """-> (trainable, frozen, merge). With `lora.rank > 0` the trunk(s) stay frozen and
   train through LoRA adapters while the head(s) train in full: trainable is
   {"heads": ..., "lora": adapters}, frozen the trunks, and merge(trainable, frozen) the full
-  RewardModel params. Without LoRA: (params, None, None)."""
+  RewardModel params. Without LoRA: (params, None, None). `adapters`: ready-made ones (e.g.
+  abstract shapes for `rewardlab plan`) instead of a fresh `init_adapters`."""
   if lora.rank <= 0:
     return params, None, None
   trunks = params["trunks"]
-  adapters = init_adapters(lora, trunks, mesh, seed)
+  adapters = init_adapters(lora, trunks, mesh, seed) if adapters is None else adapters
 
   def merge(trainable, frozen):
     full = {k: v for k, v in trainable.items() if k != "lora"}
@@ -116,6 +117,14 @@ def rm_loss(hc: HeadConfig, rc, outputs: dict, batch: RMBatch):
   loss, metrics = rmo.process_bce(outputs["step_logits"], batch.steps, outputs["step_mask"] & batch.steps_mask)
   logit = pair_logit(hc, outputs)
   return loss, dict(metrics, accuracy=jnp.mean((logit > 0).astype(jnp.float32)))
+
+
+def make_rm_loss_fn(hc: HeadConfig, rm_cfg):
+  """loss_fn(model, RMBatch, rng): the RewardModel's outputs on [chosen; rejected] -> rm_loss."""
+  def loss_fn(model, batch: RMBatch, rng):
+    del rng
+    return rm_loss(hc, rm_cfg, model(batch.tokens, batch.valid, batch.completion_start), batch)
+  return loss_fn
 
 
 def check_step_labels(batch: RMBatch, sep_id: int, where: str):
@@ -240,13 +249,10 @@ def build(config, workdir: str | None = None) -> Built:
       check_step_labels(b, hc.sep_id, f"training batch {i}")
     return b
 
-  def loss_fn(model, batch, rng):
-    del rng
-    return rm_loss(hc, config.rm, model(batch.tokens, batch.valid, batch.completion_start), batch)
-
   evaluate = make_rm_evaluator(graphdef, hc, tokenizer, eval_pairs, mesh, dc.seq_len, config.eval.batch_size,
                                report_dir=workdir, merge=merge)
-  pipeline = Pipeline(graphdef, state, loss_fn, optimizer, schedule, offline_source(batch_at), evaluate,
+  pipeline = Pipeline(graphdef, state, make_rm_loss_fn(hc, config.rm), optimizer, schedule, offline_source(batch_at),
+                      evaluate,
                       merge=merge, plot_panels=RM_PANELS)
 
   def finish(summary):

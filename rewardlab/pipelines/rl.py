@@ -88,17 +88,33 @@ def make_rl_loss_fn(settings: dict, chunk: int, auxiliaries: dict[str, Auxiliary
   return loss_fn
 
 
-def actor_critic(policy: Policy, seed: int, mesh):
-  """PPO's learner: (ActorCritic graphdef, {"policy": trainable, "value_head": sharded head
-  params}, value-head graphdef)."""
-  cfg = policy.model_cfg
+def actor_critic_defs(cfg, seed: int):
+  """PPO's learner as modules: (make_head, ActorCritic graphdef, value-head graphdef)."""
   make_head = lambda: ValueHead(cfg.d_model, rngs=nnx.Rngs(seed + 2))  # noqa: E731
   abstract = nnx.eval_shape(lambda: ActorCritic(Transformer(cfg, rngs=nnx.Rngs(0)), make_head()))
   graphdef = nnx.split(abstract, nnx.Param)[0]
-  head_def, head_state = nnx.split(nnx.eval_shape(make_head), nnx.Param)
+  head_def = nnx.split(nnx.eval_shape(make_head), nnx.Param)[0]
+  return make_head, graphdef, head_def
+
+
+def actor_critic(policy: Policy, seed: int, mesh):
+  """PPO's learner: (ActorCritic graphdef, {"policy": trainable, "value_head": sharded head
+  params}, value-head graphdef)."""
+  make_head, graphdef, head_def = actor_critic_defs(policy.model_cfg, seed)
+  head_state = nnx.split(nnx.eval_shape(make_head), nnx.Param)[1]
   shardings = named(mesh, param_specs(head_state, mesh))
   head = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_head(), nnx.Param)), out_shardings=shardings)()
   return graphdef, {"policy": policy.params, "value_head": head}, head_def
+
+
+def learner_merge(policy_merge, ppo: bool):
+  """merge(trainable, frozen) -> the learner's full params: the policy's own LoRA merge (over
+  frozen["base"]) or none, and for PPO the {"policy", "value_head"} pair around it."""
+  merge = None if policy_merge is None else (lambda p, f: policy_merge(p, f["base"]))
+  if not ppo:
+    return merge
+  return lambda p, f: {"policy": p["policy"] if merge is None else merge(p["policy"], f),
+                       "value_head": p["value_head"]}
 
 
 def make_rl_evaluator(eval_cfg, max_new_tokens: int, policy: Policy, task: Task, mesh, policy_part,
@@ -175,14 +191,10 @@ def build(config, workdir: str | None = None) -> Built:
   settings = objective_settings(config.objective)
   ppo = settings["advantage"] == "gae"
   policy, ref, warm_accuracy = sft.warm_policy(config, workdir, mesh)   # ref: the frozen starting policy
-  graphdef, trainable, merge, value_graphdef = policy.graphdef, policy.params, None, None
-  if policy.merge is not None:
-    merge = lambda p, f: policy.merge(p, f["base"])  # noqa: E731
+  graphdef, trainable, value_graphdef = policy.graphdef, policy.params, None
   if ppo:  # train {"policy", "value_head"} together as one ActorCritic module
     graphdef, trainable, value_graphdef = actor_critic(policy, config.seed, mesh)
-    base_merge = merge
-    merge = lambda p, f: {"policy": p["policy"] if base_merge is None else base_merge(p["policy"], f),  # noqa: E731
-                          "value_head": p["value_head"]}
+  merge = learner_merge(policy.merge, ppo)
   policy_part = (lambda p: p["policy"]) if ppo else (lambda p: p)
   updates_per_step = rc.epochs * (rc.num_prompts * rc.group_size // rc.minibatch_size)
   optimizer, schedule = make_optimizer(config.optim, tc.steps * updates_per_step)

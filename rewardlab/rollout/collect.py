@@ -96,6 +96,25 @@ AdvantageFn = Callable[..., tuple[jax.Array, jax.Array]]
 ExamplesFn = Callable[[Groups], Any]
 
 
+def make_reference_logprobs(graphdef, n_completion: int, chunk: int):
+  """jitted ref_logps(ref_params, tokens [B, P+N], valid) -> [B, N] log-probs of the last
+  n_completion tokens under the frozen reference (the rollout's reference pass)."""
+  @jax.jit
+  def ref_logps(ref_params, tokens, valid):
+    return completion_logprobs(nnx.merge(graphdef, ref_params), tokens, valid, n_completion, chunk)
+  return ref_logps
+
+
+def make_values_fn(graphdef, value_graphdef, n_completion: int):
+  """jitted values_of(value_params, policy_params, tokens [B, P+N], valid) -> [B, N]: PPO's
+  value head on the policy's hidden states at the completion positions."""
+  @jax.jit
+  def values_of(value_params, policy_params, tokens, valid):
+    hidden = completion_hidden(nnx.merge(graphdef, policy_params), tokens, valid, n_completion)
+    return nnx.merge(value_graphdef, value_params)(hidden)
+  return values_of
+
+
 class RolloutCollector:
   """Samples, scores and packs rollouts: the jitted sampler plus the reference (and PPO
   value) passes over the sampled sequences."""
@@ -110,17 +129,8 @@ class RolloutCollector:
                         top_p=rs.top_p, stop_ids=(tokenizer.eos_id,))
     self.sample = make_sample_fn(graphdef, sp, tokenizer.pad_id, mesh)
 
-    @jax.jit
-    def ref_logps(ref_params, tokens, valid):
-      return completion_logprobs(nnx.merge(graphdef, ref_params), tokens, valid, rs.max_new_tokens,
-                                 rs.logprob_chunk)
-    self.ref_logps = ref_logps
-
-    @jax.jit
-    def values_of(value_params, policy_params, tokens, valid):
-      hidden = completion_hidden(nnx.merge(graphdef, policy_params), tokens, valid, rs.max_new_tokens)
-      return nnx.merge(value_graphdef, value_params)(hidden)
-    self.values_of = values_of
+    self.ref_logps = make_reference_logprobs(graphdef, rs.max_new_tokens, rs.logprob_chunk)
+    self.values_of = make_values_fn(graphdef, value_graphdef, rs.max_new_tokens)
 
   def sample_round(self, params, iteration: int, round_: int = 0) -> Groups:
     """num_prompts fresh problems x group_size completions from `params`, scored."""

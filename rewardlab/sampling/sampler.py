@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
-from rewardlab.models.transformer import (CACHE_BATCH_AXIS, SharedPrefix, grow_cache, init_cache,
+from rewardlab.models.transformer import (CACHE_BATCH_AXIS, KVCache, SharedPrefix, grow_cache, init_cache,
                                           positions_from_valid)
 from rewardlab.sharding import BATCH_AXES, shard_batch
 
@@ -134,96 +134,164 @@ def _pick(logits_row_logsm: jax.Array, tok: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logits_row_logsm, tok[:, None], axis=-1)[:, 0]
 
 
-def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
-  """The pure sampling function (jitted by `make_sample_fn`)."""
+class DecodeCarry(NamedTuple):
+  """The decode loop's state between steps (rows B*n, prompt-major).
 
-  def constrain(x, spec):
-    return x if batch_spec is None else jax.lax.with_sharding_constraint(x, spec)
+  i: [] int32 new tokens generated so far; cache: the rows' KVCache (after the prompt when
+  it is not shared); logits: [B*n, V] f32 of the next token; pos: [B*n] int32 its RoPE
+  position; done: [B*n] bool stopped; out: the SampleOutput buffers ({tokens, mask, logps,
+  logps_model, vocab_mean_logp}: [B*n, N] each) filled at column i.
+  """
+  i: jax.Array
+  cache: KVCache
+  logits: jax.Array
+  pos: jax.Array
+  done: jax.Array
+  out: dict
+
+
+def _constrainer(batch_spec):
+  """x -> x with its leading (row) dim sharded over the data axes (identity without a mesh);
+  the cache version constrains every per-row buffer of a KVCache."""
+  def constrain(x):
+    return x if batch_spec is None else jax.lax.with_sharding_constraint(x, batch_spec)
 
   def constrain_kv(x):
     """A per-layer [B, ...] or stacked [L, B, ...] cache buffer, batch-sharded."""
-    if batch_spec is None:
-      return x
     lead = (None,) * (x.ndim + CACHE_BATCH_AXIS)
     return jax.lax.with_sharding_constraint(x, NamedSharding(batch_spec.mesh, P(*lead, BATCH_AXES)))
 
+  def constrain_cache(cache):
+    return cache if batch_spec is None else cache._replace(
+        k=jax.tree.map(constrain_kv, cache.k), v=jax.tree.map(constrain_kv, cache.v),
+        valid=constrain(cache.valid))
+  return constrain, constrain_cache
+
+
+def _prefill(model, sp: SamplingParams, pad_id: int, tokens, valid, batch_spec=None):
+  """Runs the prompts [B, P] once -> (DecodeCarry at step 0, SharedPrefix or None). The
+  carry's cache has room for the first segment's new tokens (`grow_cache` makes room for
+  the next)."""
+  constrain, _ = _constrainer(batch_spec)
+  cfg = model.cfg
+  b, p = tokens.shape
+  n, new = sp.n, sp.max_new_tokens
+  first_end = sp.segment_ends()[0]
+  bn = b * n
+  share = n > 1 and sp.share_prefix
+  cache = init_cache(cfg, b, p if share else p + first_end)
+  hidden, cache = model.hidden_states(tokens, positions_from_valid(valid), valid, cache)
+  last_logits = model.logits(hidden[:, -1:])[:, 0]                     # [B, V]
+  next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
+  prefix = None
+  if share:   # one prefill, kept once; the n rows decode into their own cache
+    prefix = SharedPrefix(cache.k, cache.v, cache.valid)
+    cache = init_cache(cfg, bn, first_end)
+  elif n > 1:  # one prefill, its cache rows repeated prompt-major
+    rep = lambda x: jnp.repeat(x, n, axis=x.ndim + CACHE_BATCH_AXIS)
+    cache = cache._replace(k=jax.tree.map(rep, cache.k), v=jax.tree.map(rep, cache.v),
+                           valid=jnp.repeat(cache.valid, n, axis=0))
+  if n > 1:
+    last_logits, next_pos = jnp.repeat(last_logits, n, axis=0), jnp.repeat(next_pos, n, axis=0)
+  out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
+             logps=jnp.zeros((bn, new), jnp.float32),
+             logps_model=jnp.zeros((bn, new), jnp.float32),
+             vocab_mean_logp=jnp.zeros((bn, new), jnp.float32))
+  carry = DecodeCarry(jnp.zeros((), jnp.int32), cache, constrain(last_logits), next_pos,
+                      jnp.zeros((bn,), bool), out)
+  return carry, prefix
+
+
+def cache_offset(sp: SamplingParams, prompt_len: int) -> int:
+  """Decode-cache slots before the first new token: the prompt's, unless it is shared."""
+  return 0 if sp.n > 1 and sp.share_prefix else prompt_len
+
+
+def _decode_step(model, sp: SamplingParams, pad_id: int, carry: DecodeCarry, prefix, unembedding,
+                 rope_table, rng, batch_spec=None) -> DecodeCarry:
+  """One new token for every row: pick it from carry.logits, record it, run it through the
+  model into the cache -> the next carry. `unembedding` / `rope_table`: the loop constants
+  (`Transformer.decode_unembedding()`, `rope_table(P + N)`), computed once per sample."""
+  constrain, _ = _constrainer(batch_spec)
+  i, cache, logits, pos, done, out = carry
+  bn = logits.shape[0]
+  stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+  model_logsm = jax.nn.log_softmax(logits, axis=-1)
+  if sp.temperature == 0.0:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logp = jnp.zeros((bn,), jnp.float32)
+  else:
+    processed = process_logits(logits, sp)
+    tok = jax.random.categorical(jax.random.fold_in(rng, i), processed).astype(jnp.int32)
+    logp = _pick(jax.nn.log_softmax(processed, axis=-1), tok)
+  live = ~done
+  tok = jnp.where(live, tok, pad_id)
+  write = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, 1)
+  out = dict(tokens=write(out["tokens"], tok), mask=write(out["mask"], live),
+             logps=write(out["logps"], jnp.where(live, logp, 0.0)),
+             logps_model=write(out["logps_model"], jnp.where(live, _pick(model_logsm, tok), 0.0)),
+             vocab_mean_logp=write(out["vocab_mean_logp"],
+                                   jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
+  done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+  hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache, rope_table,
+                                      prefix)
+  logits = constrain(model.logits(hidden, unembedding)[:, 0])
+  return DecodeCarry(i + 1, cache, logits, pos + live.astype(jnp.int32), done, out)
+
+
+def _sample_fn(graphdef, sp: SamplingParams, pad_id: int, batch_spec):
+  """The pure sampling function (jitted by `make_sample_fn`): `_prefill`, then one
+  `lax.while_loop` of `_decode_step`s per cache segment."""
+  _, constrain_cache = _constrainer(batch_spec)
+
   def sample(params, tokens, valid, rng):
     model = nnx.merge(graphdef, params)
-    cfg = model.cfg
-    b, p = tokens.shape
-    n, new = sp.n, sp.max_new_tokens
-    segment_ends = sp.segment_ends()
-    bn = b * n
-    share = n > 1 and sp.share_prefix
-    # decode cache slots before the first new token: the prompt's, unless it is shared
-    offset = 0 if share else p
-    cache = init_cache(cfg, b, p if share else p + segment_ends[0])
-    hidden, cache = model.hidden_states(tokens, positions_from_valid(valid), valid, cache)
-    last_logits = model.logits(hidden[:, -1:])[:, 0]                     # [B, V]
-    next_pos = jnp.sum(valid.astype(jnp.int32), axis=-1)                 # [B]
-    prefix = None
-    if share:   # one prefill, kept once; the n rows decode into their own cache
-      prefix = SharedPrefix(cache.k, cache.v, cache.valid)
-      cache = init_cache(cfg, bn, segment_ends[0])
-    elif n > 1:  # one prefill, its cache rows repeated prompt-major
-      rep = lambda x: jnp.repeat(x, n, axis=x.ndim + CACHE_BATCH_AXIS)
-      cache = cache._replace(k=jax.tree.map(rep, cache.k), v=jax.tree.map(rep, cache.v),
-                             valid=jnp.repeat(cache.valid, n, axis=0))
-    if n > 1:
-      last_logits, next_pos = jnp.repeat(last_logits, n, axis=0), jnp.repeat(next_pos, n, axis=0)
+    p = tokens.shape[1]
+    carry, prefix = _prefill(model, sp, pad_id, tokens, valid, batch_spec)
     unembedding = model.decode_unembedding()
-    rope_table = model.rope_table(p + new)   # every decode position is < p + new
-
-    def constrain_cache(cache):
-      return cache._replace(k=jax.tree.map(constrain_kv, cache.k), v=jax.tree.map(constrain_kv, cache.v),
-                            valid=constrain(cache.valid, batch_spec))
-    stop_ids = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
-    out = dict(tokens=jnp.full((bn, new), pad_id, jnp.int32), mask=jnp.zeros((bn, new), bool),
-               logps=jnp.zeros((bn, new), jnp.float32),
-               logps_model=jnp.zeros((bn, new), jnp.float32),
-               vocab_mean_logp=jnp.zeros((bn, new), jnp.float32))
+    rope_table = model.rope_table(p + sp.max_new_tokens)   # every decode position is < p + new
 
     def cond(segment_end):
       def not_done(carry):
-        i, _, _, _, done, _ = carry
-        return (i < segment_end) & ~jnp.all(done)
+        return (carry.i < segment_end) & ~jnp.all(carry.done)
       return not_done
 
     def body(carry):
-      i, cache, logits, pos, done, out = carry
-      model_logsm = jax.nn.log_softmax(logits, axis=-1)
-      if sp.temperature == 0.0:
-        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        logp = jnp.zeros((bn,), jnp.float32)
-      else:
-        processed = process_logits(logits, sp)
-        tok = jax.random.categorical(jax.random.fold_in(rng, i), processed).astype(jnp.int32)
-        logp = _pick(jax.nn.log_softmax(processed, axis=-1), tok)
-      live = ~done
-      tok = jnp.where(live, tok, pad_id)
-      write = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, 1)
-      out = dict(tokens=write(out["tokens"], tok), mask=write(out["mask"], live),
-                 logps=write(out["logps"], jnp.where(live, logp, 0.0)),
-                 logps_model=write(out["logps_model"], jnp.where(live, _pick(model_logsm, tok), 0.0)),
-                 vocab_mean_logp=write(out["vocab_mean_logp"],
-                                       jnp.where(live, jnp.mean(model_logsm, axis=-1), 0.0)))
-      done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-      hidden, cache = model.hidden_states(tok[:, None], pos[:, None], live[:, None], cache, rope_table,
-                                          prefix)
-      logits = constrain(model.logits(hidden, unembedding)[:, 0], batch_spec)
-      return i + 1, cache, logits, pos + live.astype(jnp.int32), done, out
+      return _decode_step(model, sp, pad_id, carry, prefix, unembedding, rope_table, rng, batch_spec)
 
-    carry = (jnp.zeros((), jnp.int32), cache, constrain(last_logits, batch_spec), next_pos,
-             jnp.zeros((bn,), bool), out)
-    for end in segment_ends:  # static: one while loop per cache size
-      i, cache, *rest = carry
-      carry = (i, constrain_cache(grow_cache(cache, offset + end)), *rest)
+    offset = cache_offset(sp, p)
+    for end in sp.segment_ends():  # static: one while loop per cache size
+      carry = carry._replace(cache=constrain_cache(grow_cache(carry.cache, offset + end)))
       carry = jax.lax.while_loop(cond(end), body, carry)
-    steps, _, _, _, _, out = carry
+    out = carry.out
     return SampleOutput(out["tokens"], out["mask"], out["logps"], out["logps_model"],
-                        jnp.sum(out["mask"], axis=-1).astype(jnp.int32), steps, out["vocab_mean_logp"])
+                        jnp.sum(out["mask"], axis=-1).astype(jnp.int32), carry.i, out["vocab_mean_logp"])
 
   return sample
+
+
+def make_decode_fns(graphdef, sp: SamplingParams, pad_id: int, mesh: Mesh | None = None):
+  """The sampler's two programs as separately jitted functions, for planning and profiling
+  (`rewardlab plan` compiles them for a target topology; `make_sample_fn` runs them fused):
+
+    prefill(params, tokens [B, P], valid [B, P]) -> (DecodeCarry, SharedPrefix or None)
+    decode_step(params, carry, prefix, unembedding [D, V], rope_table, rng) -> DecodeCarry
+
+  `decode_step` is exactly one iteration of the sampler's loop; give it a carry whose cache
+  has been grown (`grow_cache`) to the segment being decoded, e.g. the last one,
+  cache_offset(sp, P) + max_new_tokens slots, for the largest step. The carry is donated,
+  so the cache is updated in place as inside the loop (a compiled step's memory then counts
+  one cache, not two).
+  """
+  batch_spec = None if mesh is None else NamedSharding(mesh, P(BATCH_AXES))
+
+  def prefill(params, tokens, valid):
+    return _prefill(nnx.merge(graphdef, params), sp, pad_id, tokens, valid, batch_spec)
+
+  def decode_step(params, carry, prefix, unembedding, rope_table, rng):
+    return _decode_step(nnx.merge(graphdef, params), sp, pad_id, carry, prefix, unembedding, rope_table,
+                        rng, batch_spec)
+  return jax.jit(prefill), jax.jit(decode_step, donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=64)

@@ -55,7 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       steps=1000, log_every=10, eval_every=250, checkpoint_every=500, keep_checkpoints=2,
       progress=True, tensorboard=True, logprob_chunk=4096,
       micro_batches=1,   # gradient accumulation: each update's batch in this many micro-batches
-      skip_nonfinite_steps=0))   # > 0: skip up to this many steps with a NaN/inf loss, gradient or reward
+      skip_nonfinite_steps=0,    # > 0: skip up to this many steps with a NaN/inf loss, gradient or reward
+      # refuse the run before it starts when `rewardlab plan` says a function needs more than
+      # fit_margin of the device memory (or of memory_budget_gib when > 0); see rewardlab/plan/fit.py
+      check_fit=False, memory_budget_gib=0.0, fit_margin=0.9))
   c.eval = ml_collections.ConfigDict(dict(num_problems=256, batch_size=128, max_prompt_len=10,
                                           max_new_tokens=6, seed=1234))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -48,9 +48,11 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     kept = [r for r in read_metrics(self.path) if r["step"] <= step]
-    with open(self.path, "w") as f:
+    tmp = self.path + ".tmp"   # written aside, then renamed: a kill here loses no record
+    with open(tmp, "w") as f:
       for r in kept:
         f.write(json.dumps(r, allow_nan=False) + "\n")
+    os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: Mapping[str, object], split: str = "train"):
     record = {"step": int(step), "split": split}
