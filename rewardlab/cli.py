@@ -9,16 +9,23 @@ Rerunning the same command with the same workdir resumes: `train` from the lates
 checkpoint, `sweep` skipping finished runs and resuming unfinished ones. A sweep without
 --grid/--seeds/--metrics takes them from the config file's `get_sweep(variant)` when it has
 one (flags given replace the file's). See rewardlab/sweep/.
+
+Several hosts (one process each; see docs/MULTIHOST.md): `train` joins them with
+`jax.distributed.initialize`, explicitly with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or by itself under SLURM (srun) and on a TPU pod slice.
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 USAGE = ("usage: rewardlab train --config configs/<name>.py[:variant] "
          "[--config.<field>=<value> ...] [--workdir DIR]\n"
+         "         [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]\n"
          "       rewardlab sweep --config configs/<name>.py[:variant] [--grid FIELD=V1,V2 ...] "
          "[--seeds N] [--workdir DIR] [--parallel N] [--vmap_seeds] [--metrics M1,M2]")
 
@@ -33,6 +40,14 @@ _VMAP = flags.DEFINE_boolean("vmap_seeds", False, "sweep: train a point's seeds 
 _METRICS = flags.DEFINE_list("metrics", None, "sweep: final metrics to summarise ('name' = eval split, "
                              "'split/name'); default: the last eval record's scalars")
 SWEEP_FLAGS = ("grid", "seeds", "parallel", "vmap_seeds", "metrics")
+# named after jax.distributed.initialize's arguments
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train on several hosts: HOST:PORT of "
+                                   "process 0's coordination service (with --num_processes, --process_id)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train on several hosts: how many processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train on several hosts: this process's index")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", None, "train on several hosts: seconds "
+                                  "without a heartbeat after which a process counts as dead and all stop")
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout_seconds")
 
 
 def _bad_config(e):
@@ -40,12 +55,36 @@ def _bad_config(e):
   sys.exit(2)
 
 
+def init_distributed():
+  """Joins the multi-process runtime when the flags or the environment ask for one (before
+  anything touches a device); exits 2 on inconsistent flags."""
+  from rewardlab.distributed import DistributedError, initialize
+  try:
+    initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value)
+  except DistributedError as e:
+    print(f"rewardlab: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _exit(code: int):
+  """Exits; across processes at once, without JAX's shutdown barrier (the other processes are
+  waiting in a collective): the coordination service then stops them, naming this process."""
+  from rewardlab.distributed import multi_process, process_index
+  if not multi_process():
+    sys.exit(code)
+  print(f"rewardlab: process {process_index()} stopped (exit code {code})", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
+
+
 def train(config):
+  from rewardlab.distributed import is_main, multi_process
   from rewardlab.errors import CheckpointError, NonFiniteError
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
   from rewardlab.train import ConfigError, validate
 
+  init_distributed()
   try:
     validate(config, OBJECTIVES, PIPELINES)
   except ConfigError as e:
@@ -55,7 +94,14 @@ def train(config):
     summary = PIPELINES[config.pipeline](config, workdir)
   except (NonFiniteError, CheckpointError) as e:   # one line, and an exit code per kind
     print(f"rewardlab: stopped: {e}", file=sys.stderr)
-    sys.exit(3 if isinstance(e, NonFiniteError) else 4)
+    _exit(3 if isinstance(e, NonFiniteError) else 4)
+  except Exception:
+    if not multi_process():
+      raise
+    traceback.print_exc()
+    _exit(1)
+  if not is_main():
+    return
   final = summary["evals"][-1] if summary["evals"] else summary["train"]
   print(f"done in {summary['wall_s']:.1f}s; final: "
         + " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))
@@ -111,6 +157,9 @@ def main(argv):
       raise app.UsageError(f"{', '.join(given)}: sweep flags; use `rewardlab sweep`\n{USAGE}")
     train(config)
   else:
+    given = [f"--{f}" for f in DISTRIBUTED_FLAGS if flags.FLAGS[f].present]
+    if given:
+      raise app.UsageError(f"{', '.join(given)}: multi-host flags are for `rewardlab train`\n{USAGE}")
     sweep(config)
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rewardlab.distributed import to_host
 from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.preference import PreferencePair, gold_reward
 from rewardlab.objectives.preference import REFERENCE_FREE
@@ -185,7 +186,7 @@ class RoundSource:
     return state, pair_batches(pairs, ref_cache, tok, rs.seq_len, rs.batch_size, [rs.seed, r]), stats
 
   def completions(self, params, pb, key) -> list[str]:
-    out = jax.device_get(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
+    out = to_host(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
     return self.policy.tokenizer.decode_batch(out.tokens)
 
   def judge_consistency(self, state, r: int, prompts, texts, expanded, scores) -> np.ndarray:
