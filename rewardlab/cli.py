@@ -67,11 +67,16 @@ def init_distributed():
 
 
 def _exit(code: int):
-  """Exits; across processes at once, without JAX's shutdown barrier (the other processes are
-  waiting in a collective): the coordination service then stops them, naming this process."""
-  from rewardlab.distributed import multi_process, process_index
+  """Exits; across processes, first naming the processes that died when that is why this one
+  failed (a collective with a killed peer fails here), then at once, without JAX's shutdown
+  barrier: the coordination service stops the others, naming this process."""
+  from rewardlab.distributed import multi_process, process_index, unresponsive_processes
   if not multi_process():
     sys.exit(code)
+  dead = unresponsive_processes()
+  if dead:
+    print(f"rewardlab: process(es) {', '.join(map(str, dead))} stopped responding (killed, crashed or "
+          "unreachable): see their logs", file=sys.stderr, flush=True)
   print(f"rewardlab: process {process_index()} stopped (exit code {code})", file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(code)

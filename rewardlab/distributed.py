@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-_STATE = {"initialized": False}
+_STATE = {"initialized": False, "heartbeat_timeout_s": 100}
 
 
 class DistributedError(RuntimeError):
@@ -74,7 +74,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return False
   kwargs = dict(given)
   if heartbeat_timeout_seconds is not None:
-    kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_seconds)
+    kwargs["heartbeat_timeout_seconds"] = _STATE["heartbeat_timeout_s"] = int(heartbeat_timeout_seconds)
   if _cpu_only():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
@@ -144,3 +144,31 @@ def all_processes_ok(ok: bool) -> bool:
     return bool(ok)
   from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.array(bool(ok)))))
+
+
+def unresponsive_processes() -> list[int] | None:
+  """After an error on this process: the processes the coordination service counts as dead
+  (a killed peer shows up here once its heartbeats have been missing for the heartbeat
+  timeout), [] when all are alive, None when that could not be learnt in that time (the
+  others are busy, e.g. waiting in a collective for this one). Uses JAX's coordination
+  client (`get_live_nodes`), which has no public API yet."""
+  import threading
+  try:
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+  except ImportError:
+    return None
+  if client is None:
+    return None
+  everyone = list(range(jax.process_count()))
+  found = {}
+
+  def ask():
+    try:
+      found["live"] = set(client.get_live_nodes(everyone))
+    except Exception:   # the service itself is gone (process 0 died): nothing to learn
+      pass
+  t = threading.Thread(target=ask, daemon=True)
+  t.start()
+  t.join(_STATE["heartbeat_timeout_s"] + 5)
+  return sorted(set(everyone) - found["live"]) if "live" in found else None
