@@ -31,7 +31,8 @@ DPO = ["--config", "configs/dpo_synthetic.py:tiny", "--config.sft_warmup.steps=2
 # beta=0: with a KL penalty and no reward signal yet, the first update is Adam's normalised
 # step along a gradient of float noise (~1e-7) whose direction any change of summation order
 # flips, in one process as on several machines
-GRPO = ["--config", "configs/grpo_arithmetic.py:tiny", "--config.objective.beta=0.0", "--config.sft_warmup.steps=2", "--config.rl.num_prompts=8",
+GRPO = ["--config", "configs/grpo_arithmetic.py:tiny", "--config.objective.beta=0.0", "--config.sft_warmup.steps=2",
+        "--config.rl.num_prompts=8",
         "--config.rl.group_size=4", "--config.rl.minibatch_size=16", "--config.train.steps=3",
         "--config.train.log_every=1", "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
         "--config.eval.num_problems=8", "--config.eval.batch_size=8", "--config.mesh.data=4", "--config.mesh.fsdp=2",
@@ -206,8 +207,9 @@ def test_only_process_zero_writes_run_files(sft_runs):
 
 @pytest.mark.slow
 def test_killed_process_stops_the_others_and_resume_reproduces_the_run(sft_runs, tmp_path):
-  """Process 1 is killed mid-run: process 0 stops with an error naming process 1; rerunning the same command resumes from the last checkpoint and writes the
-  uninterrupted run's metrics."""
+  """Process 1 is killed mid-run: process 0 stops with an error naming process 1; rerunning
+  the same command resumes from the last checkpoint and writes the uninterrupted run's
+  metrics."""
   workdir = tmp_path / "killed"
   args = sft_runs["args"][:-2] + ["--config.train.steps=40", "--config.train.eval_every=0"]
   procs = launch(workdir, args, 2, heartbeat=5)

@@ -5,8 +5,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rewardlab.distributed import to_host
 from rewardlab.data import ByteTokenizer, Problem, Task, prompt_batch
+from rewardlab.distributed import to_host
 
 
 def exact_match(generate: Callable, params, task: Task, problems: Sequence[Problem],

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rewardlab.distributed import to_host
 from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.preference import PreferencePair, gold_reward
+from rewardlab.distributed import to_host
 from rewardlab.objectives.preference import REFERENCE_FREE
 from rewardlab.pipelines import sft
 from rewardlab.pipelines.preference import GOLD_PANELS, make_gold_evaluator, make_preference_loss_fn, pair_batches, \

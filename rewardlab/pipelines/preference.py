@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.distributed import is_main, to_host
 from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.formats import load_unpaired
 from rewardlab.data.preference import (PairBatch, PreferencePair, UnpairedBatch, drop_too_long, gold_reward,
                                        load_preferences, pair_batch, unpaired_batch,
                                        synthetic_pairs)
+from rewardlab.distributed import is_main, to_host
 from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum

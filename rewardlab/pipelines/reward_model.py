@@ -18,11 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from rewardlab.distributed import is_main, to_host
 from rewardlab.data import Task, make_task
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
                                        synthetic_rm_pairs)
+from rewardlab.distributed import is_main, to_host
 from rewardlab.eval.reward_model import rm_report, write_report
 from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs

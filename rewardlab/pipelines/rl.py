@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rewardlab.distributed import to_host
 from rewardlab.data import Task, make_task, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.eval import pass_at_k
 from rewardlab.models import Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead

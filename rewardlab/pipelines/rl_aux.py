@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.distributed import to_host
 from rewardlab.data import Problem, sft_batch
+from rewardlab.distributed import to_host
 from rewardlab.models.logprobs import sequence_logprobs
 from rewardlab.rewards.judge import make_judge
 from rewardlab.rewards.self_rewards import auc, laser_loss, laser_score, last_token_logprob, select_by_vote

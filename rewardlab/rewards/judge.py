@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.distributed import to_host
 from rewardlab.data import prompt_batch
 from rewardlab.data.tasks import Problem
+from rewardlab.distributed import to_host
 from rewardlab.sharding import shard_batch
 
 DEFAULT_TEMPLATE = "{question}{answer}\nok?"

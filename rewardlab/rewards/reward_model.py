@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rewardlab.distributed import to_host
 from rewardlab.data import load_tokenizer
+from rewardlab.distributed import to_host
 from rewardlab.models import hf as hf_io
 from rewardlab.models.config import ModelConfig
 from rewardlab.models.reward_model import HeadConfig, RewardModel, response_scores

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardlab.distributed import to_host
 from rewardlab.data import PromptBatch, Task, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.errors import NonFiniteError
 from rewardlab.models.logprobs import completion_hidden, completion_logprobs
 from rewardlab.objectives import policy_gradient as pg

@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rewardlab.distributed import to_host
 from rewardlab.data.batching import PromptBatch, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.models.transformer import SharedPrefix, grow_cache, init_cache, positions_from_valid
 from rewardlab.sharding import BATCH_AXES, shard_batch
 

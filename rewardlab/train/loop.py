@@ -194,8 +194,8 @@ class LoopRun:
                              settings.keep_checkpoints)
     self.state, self.start, skipped = _resume(pipeline, self.ckpt, self.writer)
     self.guard = NonFiniteGuard(settings.skip_nonfinite_steps, skipped, self.state.params)
-    self.progress = Progress(settings.steps, initial=self.start, enabled=settings.progress and show_progress and is_main(),
-                             desc=pipeline.name)
+    self.progress = Progress(settings.steps, initial=self.start,
+                             enabled=settings.progress and show_progress and is_main(), desc=pipeline.name)
     self.evals, self.last, self.tokens = [], {}, 0
     self.t0 = time.perf_counter()
 

@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping
 import jax
 from flax import nnx
 
-from rewardlab.distributed import is_main, multi_process, to_host
 from rewardlab.data import load_tokenizer
+from rewardlab.distributed import is_main, multi_process, to_host
 from rewardlab.models import ModelConfig, Transformer
 from rewardlab.models import hf as hf_io
 from rewardlab.models import presets
