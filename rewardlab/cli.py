@@ -16,16 +16,23 @@ does not fit the device memory (or train.memory_budget_gib). `plan` compiles the
 jitted functions for the topology on abstract inputs (nothing is allocated) and prints
 per-chip memory, FLOPs, bytes, collectives and a step-time bound; exit status 0 when
 everything fits, 1 when something does not, 2 on bad input.
+
+Several hosts (one process each; see docs/MULTIHOST.md): `train` joins them with
+`jax.distributed.initialize`, explicitly with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or by itself under SLURM (srun) and on a TPU pod slice.
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 USAGE = ("usage: rewardlab train --config configs/<name>.py[:variant] "
          "[--config.<field>=<value> ...] [--workdir DIR]\n"
+         "         [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]\n"
          "       rewardlab sweep --config configs/<name>.py[:variant] [--grid FIELD=V1,V2 ...] "
          "[--seeds N] [--workdir DIR] [--parallel N] [--vmap_seeds] [--metrics M1,M2]\n"
          "       rewardlab plan --config configs/<name>.py[:variant] --topology <v5p:2x2x2|v5e:4x4|...|local> "
@@ -47,7 +54,15 @@ _MARGIN = flags.DEFINE_float("margin", 0.9, "plan: a function fits when it needs
 _FUNCTIONS = flags.DEFINE_list("functions", None, "plan: only these functions (default: all of the config's)")
 _SUGGEST = flags.DEFINE_bool("suggest", False, "plan: when something does not fit, search for a setting that does")
 _SUGGEST_BUDGET = flags.DEFINE_integer("suggest_budget", 12, "plan --suggest: at most this many compiles")
-COMMAND_FLAGS = {"sweep": ("grid", "seeds", "parallel", "vmap_seeds", "metrics"),
+# named after jax.distributed.initialize's arguments
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train on several hosts: HOST:PORT of "
+                                   "process 0's coordination service (with --num_processes, --process_id)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train on several hosts: how many processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train on several hosts: this process's index")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", None, "train on several hosts: seconds "
+                                  "without a heartbeat after which a process counts as dead and all stop")
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout_seconds")
+COMMAND_FLAGS = {"train": DISTRIBUTED_FLAGS, "sweep": ("grid", "seeds", "parallel", "vmap_seeds", "metrics"),
                  "plan": ("topology", "json", "margin", "functions", "suggest", "suggest_budget")}
 
 
@@ -60,14 +75,43 @@ def _config_name() -> str:
   return flags.FLAGS["config"].config_filename or "config"
 
 
+def init_distributed():
+  """Joins the multi-process runtime when the flags or the environment ask for one (before
+  anything touches a device); exits 2 on inconsistent flags."""
+  from rewardlab.distributed import DistributedError, initialize
+  try:
+    initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value)
+  except DistributedError as e:
+    print(f"rewardlab: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _exit(code: int):
+  """Exits; across processes, first naming the processes that died when that is why this one
+  failed (a collective with a killed peer fails here), then at once, without JAX's shutdown
+  barrier: the coordination service stops the others, naming this process."""
+  from rewardlab.distributed import multi_process, process_index, unresponsive_processes
+  if not multi_process():
+    sys.exit(code)
+  dead = unresponsive_processes()
+  if dead:
+    print(f"rewardlab: process(es) {', '.join(map(str, dead))} stopped responding (killed, crashed or "
+          "unreachable): see their logs", file=sys.stderr, flush=True)
+  print(f"rewardlab: process {process_index()} stopped (exit code {code})", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
+
+
 def train(config):
   from rewardlab.data.formats import RowError
+  from rewardlab.distributed import is_main, multi_process
   from rewardlab.errors import CheckpointError, NonFiniteError
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
   from rewardlab.plan.fit import DoesNotFit, check_fit
   from rewardlab.train import ConfigError, validate
 
+  init_distributed()
   try:
     validate(config, OBJECTIVES, PIPELINES)
     check_fit(config, name=_config_name())
@@ -81,10 +125,17 @@ def train(config):
     summary = PIPELINES[config.pipeline](config, workdir)
   except (NonFiniteError, CheckpointError) as e:   # one line, and an exit code per kind
     print(f"rewardlab: stopped: {e}", file=sys.stderr)
-    sys.exit(3 if isinstance(e, NonFiniteError) else 4)
+    _exit(3 if isinstance(e, NonFiniteError) else 4)
   except RowError as e:   # a data file's row, named file:line (data.on_bad_pair='skip' counts them instead)
     print(f"rewardlab: bad data: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(2)
+  except Exception:
+    if not multi_process():
+      raise
+    traceback.print_exc()
+    _exit(1)
+  if not is_main():
+    return
   final = summary["evals"][-1] if summary["evals"] else summary["train"]
   print(f"done in {summary['wall_s']:.1f}s; final: "
         + " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))

@@ -139,9 +139,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh):
-  """Places a host batch (pytree of [B, ...] arrays) with B split over the data axes."""
+  """Places a host batch (pytree of [B, ...] arrays) with B split over the data axes. Several
+  processes: each passes the same global batch and places only its rows (`process_rows`)."""
   n = math.prod(mesh.shape[a] for a in BATCH_AXES)
   for leaf in jax.tree.leaves(batch):
     if leaf.shape[0] % n:
       raise ValueError(f"batch size {leaf.shape[0]} is not divisible by data x fsdp = {n}")
-  return jax.device_put(batch, batch_sharding(mesh))
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: from_process_rows(np.asarray(x)[process_rows(x.shape, sharding)], sharding,
+                                                  x.shape), batch)
+
+
+def process_rows(shape: Sequence[int], sharding: NamedSharding) -> slice:
+  """The rows [start, stop) of a [B, ...] global array of `shape` that this process's devices
+  hold under `sharding` (batch split over leading-dim mesh axes): the part of a global batch
+  a process builds or reads. All rows with one process."""
+  blocks = {(index[0] if index else slice(None)).indices(shape[0])[:2]
+            for index in sharding.addressable_devices_indices_map(tuple(shape)).values()}
+  lo, hi = min(a for a, _ in blocks), max(b for _, b in blocks)
+  if sum(b - a for a, b in blocks) != hi - lo:
+    raise ValueError(f"process {jax.process_index()} holds rows {sorted(blocks)} of a batch of {shape[0]}, "
+                     "not one contiguous block: build the mesh with each process's devices adjacent "
+                     "along the batch axes (jax.devices() order does)")
+  return slice(lo, hi)
+
+
+def from_process_rows(local, sharding: NamedSharding, global_shape: Sequence[int]) -> jax.Array:
+  """The global [B, ...] jax.Array whose rows `process_rows(global_shape, sharding)` are this
+  process's `local` array (`jax.make_array_from_process_local_data`): every process passes
+  only its own rows."""
+  return jax.make_array_from_process_local_data(sharding, np.asarray(local), tuple(global_shape))

@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rewardlab.data import ByteTokenizer, Problem, Task, prompt_batch
+from rewardlab.distributed import to_host
 
 
 def exact_match(generate: Callable, params, task: Task, problems: Sequence[Problem],
@@ -23,7 +24,7 @@ def exact_match(generate: Callable, params, task: Task, problems: Sequence[Probl
     chunk += [chunk[-1]] * (batch_size - n_real)
     batch = prompt_batch([p.prompt for p in chunk], tokenizer, max_prompt_len)
     ids, _ = generate(params, *place((batch.tokens, batch.valid)))
-    texts = tokenizer.decode_batch(np.asarray(ids))[:n_real]
+    texts = tokenizer.decode_batch(np.asarray(to_host(ids)))[:n_real]
     for prob, text in zip(chunk[:n_real], texts):
       ok = task.verify(text, prob.answer)
       correct.append(ok)

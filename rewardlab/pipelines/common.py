@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from rewardlab.distributed import initialize
 from rewardlab.train.loop import LoopSettings, Pipeline, fit
 
 
@@ -39,6 +40,7 @@ def runner(build: Callable[..., Built]):
   """A pipeline's `run(config, workdir=None, stop_at_step=None) -> summary` from its `build`:
   `stop_at_step` simulates an interruption after that loop step."""
   def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
+    initialize()   # several hosts under SLURM / a TPU pod: join them (nothing for one process)
     workdir = workdir or config.workdir
     return run_built(build(config, workdir), workdir, stop_at_step)
   run.__doc__ = f"build ({build.__module__}.build), then the shared loop and finish."

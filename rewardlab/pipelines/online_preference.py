@@ -23,6 +23,7 @@ import numpy as np
 
 from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.preference import PreferencePair, gold_reward
+from rewardlab.distributed import to_host
 from rewardlab.objectives.preference import REFERENCE_FREE
 from rewardlab.pipelines import sft
 from rewardlab.pipelines.preference import GOLD_PANELS, make_gold_evaluator, make_preference_loss_fn, pair_batches, \
@@ -185,7 +186,7 @@ class RoundSource:
     return state, pair_batches(pairs, ref_cache, tok, rs.seq_len, rs.batch_size, [rs.seed, r]), stats
 
   def completions(self, params, pb, key) -> list[str]:
-    out = jax.device_get(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
+    out = to_host(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
     return self.policy.tokenizer.decode_batch(out.tokens)
 
   def judge_consistency(self, state, r: int, prompts, texts, expanded, scores) -> np.ndarray:

@@ -21,6 +21,7 @@ from rewardlab.data.formats import load_unpaired
 from rewardlab.data.preference import (PairBatch, PreferencePair, UnpairedBatch, drop_too_long, gold_reward,
                                        load_preferences, pair_batch, unpaired_batch,
                                        synthetic_pairs)
+from rewardlab.distributed import is_main, to_host
 from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
@@ -204,7 +205,7 @@ def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size,
     n = len(chunk_pairs)
     chunk_pairs += [chunk_pairs[-1]] * (batch_size - n)   # static shapes
     b = pair_batch(chunk_pairs, tokenizer, seq_len)
-    got = np.asarray(score(ref_params, *shard_batch((b.tokens, b.valid, b.loss_mask), mesh)))
+    got = np.asarray(to_host(score(ref_params, *shard_batch((b.tokens, b.valid, b.loss_mask), mesh))))
     out[s:s + n, 0], out[s:s + n, 1] = got[:batch_size][:n], got[batch_size:][:n]
   return out
 
@@ -228,7 +229,7 @@ def make_gold_evaluator(eval_cfg, task: Task, policy, ref_params, mesh):
                                ec.max_new_tokens)
 
   def golds(params):
-    texts = tok.decode_batch(np.asarray(greedy(params, tokens, valid, jax.random.PRNGKey(0)).tokens))
+    texts = tok.decode_batch(np.asarray(to_host(greedy(params, tokens, valid, jax.random.PRNGKey(0)).tokens)))
     return np.array([gold_reward(t, p.answer) for t, p in zip(texts, problems)]), texts
 
   ref_gold, _ = golds(ref_params)
@@ -236,10 +237,10 @@ def make_gold_evaluator(eval_cfg, task: Task, policy, ref_params, mesh):
   def evaluate(state):
     params = policy.full_params(state.params, state.frozen["base"])
     gold, texts = golds(params)
-    out = jax.device_get(sample(params, tokens, valid, jax.random.PRNGKey(ec.seed)))
+    out = to_host(sample(params, tokens, valid, jax.random.PRNGKey(ec.seed)))
     full = shard_batch((np.concatenate([pb.tokens, out.tokens], 1),
                         np.concatenate([pb.valid, out.mask], 1)), mesh)
-    ref_lp = np.asarray(logps_under(ref_params, *full))
+    ref_lp = np.asarray(to_host(logps_under(ref_params, *full)))
     kl = float(np.mean(np.sum((out.logps_model - ref_lp) * out.mask, -1)))
     win = np.mean((gold > ref_gold) + 0.5 * (gold == ref_gold))
     return {"gold_reward": float(gold.mean()), "gold_reward_ref": float(ref_gold.mean()),
@@ -291,7 +292,7 @@ def build(config, workdir: str | None = None) -> Built:
     examples, pairs = load_unpaired_examples(dc, policy.tokenizer, skipped)
   else:
     pairs = load_pairs(dc, config.seed, task, policy.tokenizer, token_level, skipped)
-  if skipped:
+  if skipped and is_main():
     print(f"preference data: skipped {skipped}", flush=True)
   if len(pairs) < dc.batch_size:
     raise ValueError(f"preference data: {len(pairs)} {'rows' if unpaired else 'pairs'}, fewer than "

@@ -22,6 +22,7 @@ from rewardlab.data import Task, make_task
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
                                        synthetic_rm_pairs)
+from rewardlab.distributed import is_main, to_host
 from rewardlab.eval.reward_model import rm_report, write_report
 from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs
@@ -181,7 +182,7 @@ def make_rm_evaluator(graphdef, hc: HeadConfig, tokenizer, pairs, mesh, seq_len:
       chunk = list(pairs[s:s + bs])
       n = len(chunk)
       b = rm_batch(chunk + [chunk[-1]] * (bs - n), tokenizer, seq_len, hc.num_attributes, hc.max_steps)
-      lg, sc, sl, sm = jax.device_get(score(params, *shard_batch(
+      lg, sc, sl, sm = to_host(score(params, *shard_batch(
           (b.tokens, b.valid, b.completion_start), mesh)))
       logits.append(lg[:n])
       if sc is not None:
@@ -193,7 +194,7 @@ def make_rm_evaluator(graphdef, hc: HeadConfig, tokenizer, pairs, mesh, seq_len:
     scores = np.concatenate(scores) if scores else None
     gold = (np.array([[p.chosen_ratings[0], p.rejected_ratings[0]] for p in pairs]) if has_gold else None)
     report = rm_report(pairs, np.concatenate(logits), scores, gold)
-    if report_dir is not None:
+    if report_dir is not None and is_main():
       write_report(report, report_dir)
     out = {"accuracy": report["accuracy"], "best_of_4": report["best_of_4"]["accuracy"],
            "ece": report["calibration"]["ece"]}
@@ -208,12 +209,16 @@ def make_rm_evaluator(graphdef, hc: HeadConfig, tokenizer, pairs, mesh, seq_len:
 
 
 def export_reward_model(folder: str, params, hc: HeadConfig, model_cfg, tokenizer_path: str, seq_len: int) -> str:
-  """<folder>/params (orbax) + rm.json (model, head, tokenizer, seq_len): what the scorer loads."""
+  """<folder>/params (orbax) + rm.json (model, head, tokenizer, seq_len): what the scorer loads.
+  Several processes: each calls this (orbax saves their shards); process 0 writes rm.json."""
   import dataclasses
   folder = os.path.abspath(folder)
-  os.makedirs(folder, exist_ok=True)
+  if is_main():
+    os.makedirs(folder, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(folder, "params"), params, force=True)
+  if not is_main():
+    return folder
   meta = {"model": dataclasses.asdict(model_cfg), "head": dataclasses.asdict(hc),
           "tokenizer_path": tokenizer_path, "seq_len": seq_len}
   with open(os.path.join(folder, "rm.json"), "w") as f:

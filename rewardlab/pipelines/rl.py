@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import Task, make_task, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.eval import pass_at_k
 from rewardlab.models import Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead
@@ -141,7 +142,7 @@ def make_rl_evaluator(eval_cfg, max_new_tokens: int, policy: Policy, task: Task,
   def evaluate(state):
     result = greedy(state.replace(params=policy_part(state.params), frozen=state.frozen["base"]))
     params = policy.full_params(policy_part(state.params), state.frozen["base"])
-    out = jax.device_get(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
+    out = to_host(sample(params, *shard_batch((pb.tokens, pb.valid), mesh), jax.random.PRNGKey(ec.seed)))
     out = jax.tree.map(lambda x: x[:len(expanded)] if np.ndim(x) else x, out)
     texts = tok.decode_batch(out.tokens)
     right = np.array([task.verify(t, p.answer) for t, p in zip(texts, expanded)])

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import Problem, sft_batch
+from rewardlab.distributed import to_host
 from rewardlab.models.logprobs import sequence_logprobs
 from rewardlab.rewards.judge import make_judge
 from rewardlab.rewards.self_rewards import auc, laser_loss, laser_score, last_token_logprob, select_by_vote
@@ -72,7 +73,7 @@ def make_laser(laser_cfg, setup: AuxSetup) -> Auxiliary:
     return last_token_logprob(model, hidden, valid, z)
 
   def logp_z_of(params, groups: Groups):
-    return np.asarray(jax.device_get(logp_z(params, *shard_batch(groups.full_sequences(), setup.mesh))))
+    return np.asarray(to_host(logp_z(params, *shard_batch(groups.full_sequences(), setup.mesh))))
 
   c = float(np.mean(logp_z_of(setup.ref_params, setup.collector.sample_round(setup.ref_params, 10 ** 6, 0))))
 

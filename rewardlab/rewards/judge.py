@@ -22,6 +22,7 @@ from flax import nnx
 
 from rewardlab.data import prompt_batch
 from rewardlab.data.tasks import Problem
+from rewardlab.distributed import to_host
 from rewardlab.sharding import shard_batch
 
 DEFAULT_TEMPLATE = "{question}{answer}\nok?"
@@ -78,7 +79,7 @@ class Judge:
       n = len(chunk)
       pb = prompt_batch(chunk + [chunk[-1]] * (bs - n), self.tokenizer, self.max_len)
       arrays = (pb.tokens, pb.valid) if self.mesh is None else shard_batch((pb.tokens, pb.valid), self.mesh)
-      out.append(np.asarray(jax.device_get(self._fn(params, *arrays)))[:n])
+      out.append(np.asarray(to_host(self._fn(params, *arrays)))[:n])
     return np.concatenate(out).astype(np.float32)
 
   def examples(self, problems: Sequence[Problem], answers: Sequence[str], correct: Sequence[bool]) -> list[Problem]:

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rewardlab.data import load_tokenizer
+from rewardlab.distributed import to_host
 from rewardlab.models import hf as hf_io
 from rewardlab.models.config import ModelConfig
 from rewardlab.models.reward_model import HeadConfig, RewardModel, response_scores
@@ -92,7 +93,7 @@ class RewardModelScorer:
       n = len(rows)
       tokens, valid, start = self._encode(rows + [rows[-1]] * (bs - n), s, n)
       scores = self._forward(self.params, *shard_batch((tokens, valid, start), self.mesh), group_size)
-      out.append(np.asarray(jax.device_get(scores))[:n])
+      out.append(np.asarray(to_host(scores))[:n])
     return np.concatenate(out).astype(np.float32)
 
   def _encode(self, rows, offset: int, n_real: int):

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import PromptBatch, Task, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.errors import NonFiniteError
 from rewardlab.models.logprobs import completion_hidden, completion_logprobs
 from rewardlab.objectives import policy_gradient as pg
@@ -139,7 +140,7 @@ class RolloutCollector:
     problems = self.task.sample_many(rng, rs.num_prompts)
     pb = prompt_batch([p.prompt for p in problems], tok, rs.max_prompt_len)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(rs.seed), iteration), round_)
-    out = jax.device_get(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
+    out = to_host(self.sample(params, *shard_batch((pb.tokens, pb.valid), self.mesh), key))
     texts = tok.decode_batch(out.tokens)
     expanded = [p for p in problems for _ in range(rs.group_size)]
     rewards, components = score(Completions(texts, expanded, out.lengths, out.mask, out.vocab_mean_logp),
@@ -183,11 +184,12 @@ class RolloutCollector:
       stats["groups_kept_frac"] = float(kept.mean())
     tokens, valid = groups.full_sequences()
     out = groups.samples
-    logp_ref = self.ref_logps(ref_params, *shard_batch((tokens, valid), self.mesh))
+    # host copies (gathered from all processes): the advantages are computed whole on each
+    logp_ref = to_host(self.ref_logps(ref_params, *shard_batch((tokens, valid), self.mesh)))
     logp_old, mask = jnp.asarray(out.logps_model), jnp.asarray(out.mask)
     values = None
     if self.ppo:
-      values = self.values_of(value_params, params, *shard_batch((tokens, valid), self.mesh))
+      values = to_host(self.values_of(value_params, params, *shard_batch((tokens, valid), self.mesh)))
     adv, returns = self.advantages(jnp.asarray(groups.rewards), logp_old, logp_ref, mask, values)
     if kept is not None:  # groups that could not be refilled carry no gradient
       adv = adv * jnp.repeat(jnp.asarray(kept), g)[:, None]

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rewardlab.data.batching import PromptBatch, prompt_batch
+from rewardlab.distributed import to_host
 from rewardlab.models.transformer import (CACHE_BATCH_AXIS, KVCache, SharedPrefix, grow_cache, init_cache,
                                           positions_from_valid)
 from rewardlab.sharding import BATCH_AXES, shard_batch
@@ -346,6 +347,6 @@ class Sampler:
     """list[str] -> list[str] (n == 1) or list[list[str]] (n > 1 samples per prompt)."""
     batch = prompt_batch(list(prompts), self.tokenizer, self.max_prompt_len)
     out = self.sample(params, batch, jax.random.PRNGKey(seed), **kwargs)
-    texts = self.tokenizer.decode_batch(np.asarray(out.tokens))
+    texts = self.tokenizer.decode_batch(np.asarray(to_host(out.tokens)))
     n = kwargs.get("n", 1)
     return texts if n == 1 else [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

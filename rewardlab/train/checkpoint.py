@@ -4,6 +4,10 @@ A checkpoint counts only once orbax has committed it (it writes into a temporary
 and renames it when complete, so a run killed mid-save leaves the previous one latest).
 Restore falls back past checkpoints it cannot read: each is named in one line, moved aside
 to `<checkpoints>.broken/` (never deleted) and the next older one is tried.
+
+Several processes: every one calls save and restore (orbax writes each process's shards and
+process 0 commits); whether a checkpoint restored is agreed by all of them, and only
+process 0 moves a broken one, the others waiting at a barrier.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 
 import orbax.checkpoint as ocp
 
+from rewardlab.distributed import all_processes_ok, barrier, is_main
 from rewardlab.errors import CheckpointError
 from rewardlab.train.state import abstract_of
 
@@ -72,19 +77,27 @@ class Checkpointer:
     """(state, step) of the newest checkpoint that restores, or (like, None) when none does.
     Each unreadable one is reported in one line and moved aside, newest first."""
     for step in sorted(self.manager.all_steps(), reverse=True):
+      error = None
       try:
-        return self.restore(like, step), step
+        state = self.restore(like, step)
       except Exception as e:  # orbax / TensorStore raise many kinds; each means "cannot use it"
-        moved = self.set_aside(step)
-        self.log(f"checkpoint {self.directory}/{step} is unreadable ({_reason(e)}); moved to {moved}; "
+        error = e
+      if all_processes_ok(error is None):
+        return state, step
+      moved = self.set_aside(step)
+      if error is not None or is_main():
+        self.log(f"checkpoint {self.directory}/{step} is unreadable "
+                 f"({_reason(error) if error else 'on another process'}); moved to {moved}; "
                  "falling back to the previous one")
     return like, None
 
   def set_aside(self, step: int) -> str:
     """Moves checkpoint `step` to `<directory>.broken/<step>-<time>` and forgets it."""
     target = os.path.join(self.directory + ".broken", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    if is_main():   # the others learn the path from the log line of process 0
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    barrier(f"rewardlab_set_aside_{step}")
     self.manager.reload()
     return target
 

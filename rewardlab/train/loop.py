@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import optax
 
+from rewardlab.distributed import barrier, broadcast_from_main, is_main, to_host
 from rewardlab.errors import CheckpointError, NonFiniteError
 from rewardlab.eval.plots import plot_curves
 from rewardlab.sharding import batch_sharding, make_mesh, shard_batch
@@ -104,6 +105,9 @@ class Pipeline:
 
 
 def write_config(config, workdir: str):
+  """<workdir>/config.json (process 0 only in a multi-process run)."""
+  if not is_main():
+    return
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -123,7 +127,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict:
 
 def _mean_over_updates(per_update: Sequence[Mapping[str, Any]]) -> dict:
   """Each scalar metric averaged over the step's updates (one update: its own value)."""
-  per_update = [_scalars(m) for m in jax.device_get(list(per_update))]
+  per_update = [_scalars(m) for m in to_host(list(per_update))]
   return {k: np.mean([m[k] for m in per_update]) for k in per_update[0]} if per_update else {}
 
 
@@ -138,14 +142,14 @@ class NonFiniteGuard:
 
   def check_updates(self, step: int, per_update) -> bool:
     """True (skip) or raise when one of the step's updates was not finite; False when all were."""
-    flags = jax.device_get([(m["nonfinite_update"], m["loss"], m["grad_norm"]) for m in per_update])
+    flags = to_host([(m["nonfinite_update"], m["loss"], m["grad_norm"]) for m in per_update])
     bad = [i for i, (flag, _, _) in enumerate(flags) if flag]
     if not bad:
       return False
     _, loss, grad_norm = flags[bad[0]]
     what = " and ".join(f"{name} is {float(v)}" for name, v in (("loss", loss), ("gradient norm", grad_norm))
                         if not np.isfinite(v))
-    leaves = np.asarray(jax.device_get(per_update[bad[0]]["nonfinite_grads"]))
+    leaves = np.asarray(to_host(per_update[bad[0]]["nonfinite_grads"]))
     names = [jax.tree_util.keystr(path, simple=True, separator="/")
              for path, _ in jax.tree_util.tree_flatten_with_path(self._params)[0]]
     first = [n for n, b in zip(names, leaves) if b][:5]
@@ -166,12 +170,15 @@ def _resume(pipeline: Pipeline, ckpt: Checkpointer, writer: MetricWriter) -> tup
   """(state, first loop step to run - 1, non-finite steps skipped so far) from the newest
   intact checkpoint; the metrics file is trimmed to match the state: rows a dead run wrote
   after its last checkpoint go (all of them when it died before the first, or its step-0
-  evaluation would repeat)."""
+  evaluation would repeat). Several processes: process 0 trims and reads the file, the others
+  take its count."""
   state, restored = ckpt.restore_latest_intact(pipeline.state)
   start = int(state.step) // pipeline.updates_per_step
   writer.truncate_after(start if restored is not None else -1)
-  done = read_metrics(writer.path, "train") if os.path.exists(writer.path) else []
-  return state, start, int(done[-1].get("nonfinite_skipped", 0)) if done else 0
+  done = read_metrics(writer.path, "train") if writer.files and os.path.exists(writer.path) else []
+  skipped = int(broadcast_from_main(np.int32(done[-1].get("nonfinite_skipped", 0) if done else 0)))
+  barrier("rewardlab_resume")
+  return state, start, skipped
 
 
 class LoopRun:
@@ -182,13 +189,13 @@ class LoopRun:
 
   def __init__(self, pipeline: Pipeline, mesh, settings: LoopSettings, workdir: str, show_progress: bool = True):
     self.pipeline, self.mesh, self.settings, self.workdir = pipeline, mesh, settings, workdir
-    self.writer = MetricWriter(workdir, tensorboard=settings.tensorboard)
+    self.writer = MetricWriter(workdir, tensorboard=settings.tensorboard, files=is_main())
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
                              settings.keep_checkpoints)
     self.state, self.start, skipped = _resume(pipeline, self.ckpt, self.writer)
     self.guard = NonFiniteGuard(settings.skip_nonfinite_steps, skipped, self.state.params)
-    self.progress = Progress(settings.steps, initial=self.start, enabled=settings.progress and show_progress,
-                             desc=pipeline.name)
+    self.progress = Progress(settings.steps, initial=self.start,
+                             enabled=settings.progress and show_progress and is_main(), desc=pipeline.name)
     self.evals, self.last, self.tokens = [], {}, 0
     self.t0 = time.perf_counter()
 
@@ -272,9 +279,12 @@ class LoopRun:
         raise
 
   def summary(self) -> dict:
-    """{"state", "train": last train record, "evals", "wall_s", "records"}; plots curves.png."""
-    records = read_metrics(self.workdir)
-    plot_curves(records, os.path.join(self.workdir, "curves.png"), self.pipeline.plot_panels)
+    """{"state", "train": last train record, "evals", "wall_s", "records"}; plots curves.png.
+    Several processes: process 0 reads and plots; the others' records are empty."""
+    records = []
+    if is_main():
+      records = read_metrics(self.workdir)
+      plot_curves(records, os.path.join(self.workdir, "curves.png"), self.pipeline.plot_panels)
     return {"state": self.current_state(), "train": self.last, "evals": self.evals,
             "wall_s": time.perf_counter() - self.t0, "records": records}
 

@@ -33,19 +33,22 @@ def strict_record(record: Mapping[str, object]) -> dict:
 
 class MetricWriter:
   """Appends `{"step": s, "split": ..., name: value}` lines to `<workdir>/metrics.jsonl` and
-  writes the same scalars as TensorBoard events under `<workdir>/tb`."""
+  writes the same scalars as TensorBoard events under `<workdir>/tb`. `files=False` (every
+  process of a multi-process run but process 0): the same records, returned, no files."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, workdir: str, tensorboard: bool = True, files: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.files = files
     self._tb = None
-    if tensorboard:
+    if files:
+      os.makedirs(workdir, exist_ok=True)
+    if tensorboard and files:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def truncate_after(self, step: int):
     """On resume: drop records past the restored step so the file matches the state."""
-    if not os.path.exists(self.path):
+    if not self.files or not os.path.exists(self.path):
       return
     kept = [r for r in read_metrics(self.path) if r["step"] <= step]
     tmp = self.path + ".tmp"   # written aside, then renamed: a kill here loses no record
@@ -62,6 +65,8 @@ class MetricWriter:
         if k not in ("step", "split") and isinstance(v, float) and math.isfinite(v):
           self._tb.add_scalar(f"{split}/{k}", v, step)
     record = strict_record(record)
+    if not self.files:
+      return record
     with open(self.path, "a") as f:
       f.write(json.dumps(record, allow_nan=False) + "\n")
     return record

@@ -13,6 +13,7 @@ import jax
 from flax import nnx
 
 from rewardlab.data import load_tokenizer
+from rewardlab.distributed import is_main, multi_process, to_host
 from rewardlab.models import ModelConfig, Transformer
 from rewardlab.models import hf as hf_io
 from rewardlab.models import presets
@@ -128,6 +129,11 @@ def _merge_lora(adapters, base, scale):
 
 
 def export_policy(policy: Policy, params, frozen, folder: str) -> str:
-  """Writes the merged weights as a HF folder loadable by transformers."""
+  """Writes the merged weights as a HF folder loadable by transformers (several processes:
+  each calls this, the weights are gathered, process 0 writes)."""
   full = jax.jit(lambda p, f: policy.full_params(p, f))(params, frozen)
+  if multi_process():
+    full = to_host(full)
+    if not is_main():
+      return folder
   return hf_io.save_hf_model(folder, policy.arch, policy.model_cfg, full)
