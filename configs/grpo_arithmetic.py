@@ -42,7 +42,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
   c.spark = ml_collections.ConfigDict(dict(coef=0.0, pairwise=True))
   c.judge = ml_collections.ConfigDict(dict(
       template="{question}{answer}\nok?", mode="p_yes", score_tokens=("Y", "N"), max_len=28))
-  c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
+  # the warm-up's optimizer is config.optim's but for lr and these, when set (None: inherit)
+  c.sft_warmup = ml_collections.ConfigDict(dict(
+      steps=400, lr=2e-3, schedule=placeholder(str), warmup_steps=placeholder(int),
+      min_lr_ratio=placeholder(float), weight_decay=placeholder(float)))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)
   c.eval.update(num_problems=256, batch_size=128, passk_problems=64, pass_n=8, pass_k=(1, 4))
