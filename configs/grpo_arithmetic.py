@@ -1,5 +1,6 @@
-"""GRPO on multi-digit addition: SFT warm-up of the embedded default policy, then online
-RL with the exact-answer verifier. The README main job.
+"""GRPO on multi-digit addition: SFT warm-up of a small policy (d_model 128, 4 layers), then
+online RL with the exact-answer verifier. The README main job; its sizes, warm-up schedule
+and RL lr were chosen by the sweeps in experiments/main_job_sweep.md.
 
 Run:   rewardlab train --config configs/grpo_arithmetic.py
 Tiny:  rewardlab train --config configs/grpo_arithmetic.py:tiny   (tests, laptops)
@@ -42,7 +43,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
   c.spark = ml_collections.ConfigDict(dict(coef=0.0, pairwise=True))
   c.judge = ml_collections.ConfigDict(dict(
       template="{question}{answer}\nok?", mode="p_yes", score_tokens=("Y", "N"), max_len=28))
-  c.sft_warmup = ml_collections.ConfigDict(dict(steps=400, lr=2e-3))
+  # the warm-up's optimizer is config.optim's but for lr and these, when set (None: inherit)
+  c.sft_warmup = ml_collections.ConfigDict(dict(
+      steps=400, lr=2e-3, schedule=placeholder(str), warmup_steps=placeholder(int),
+      min_lr_ratio=placeholder(float), weight_decay=placeholder(float)))
   c.optim.update(lr=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
   c.train.update(steps=150, log_every=1, eval_every=50, checkpoint_every=50)
   c.eval.update(num_problems=256, batch_size=128, passk_problems=64, pass_n=8, pass_k=(1, 4))
@@ -58,4 +62,10 @@ def get_config(variant: str = "", objective: str = "grpo"):
     c.eval.update(num_problems=128, batch_size=64, max_new_tokens=4, passk_problems=32)
   elif variant:
     raise ValueError(f"grpo_arithmetic: unknown variant {variant!r}; allowed: '', 'tiny'")
+  else:   # the README main job; choices measured in experiments/main_job_sweep.md
+    c.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384)
+    c.sft_warmup.update(steps=800, lr=2e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
+                        weight_decay=0.01)
+    c.optim.lr = 3e-5   # 1e-4 and 2e-4 dip below the warm-up first (Adam steps of lr size on noisy PG)
+    c.train.update(steps=100, eval_every=25, checkpoint_every=50)
   return c

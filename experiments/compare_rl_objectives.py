@@ -1,10 +1,15 @@
-"""Runs every RL objective on the same task, seed and budget and writes a comparison table.
+"""Every RL objective on the same task and budget, over seeds, through the sweep runner.
 
-    python experiments/compare_rl_objectives.py [--variant tiny] [--out runs/compare_rl]
+    python experiments/compare_rl_objectives.py [--variant tiny] [--seeds 5] [--out runs/compare_rl]
+        [--objectives grpo,dapo,...] [--parallel 1] [--table experiments/rl_objectives_tiny.md]
 
-All runs share one SFT warm-up (copied, so each objective starts from identical weights).
-Writes <out>/table.md and <out>/results.json: held-out greedy accuracy and pass@1/pass@k
-before and after RL, final KL to the reference, mean response length, wall time.
+One sweep (`rewardlab.sweep`) over objective.name on configs/grpo_arithmetic.py[:variant]:
+seed s of every objective starts from the same SFT warm-up (trained once per seed by the
+runner) and draws the same prompts, so objectives are compared paired by seed. Re-running
+skips finished runs. Writes <out>/summary.md|csv, curves.png (the runner's) and <out>/table.md:
+held-out greedy accuracy before (= the warm-up's) and after RL, its gain, pass@1 / pass@4
+after, final KL to the reference, the train reward over the last 10 iterations and the mean
+response length, each as mean [95% t interval] over seeds, then every objective vs GRPO.
 """
 from __future__ import annotations
 
@@ -17,36 +22,58 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import grpo_arithmetic  # noqa: E402
-from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES  # noqa: E402
-from rewardlab.pipelines import rl  # noqa: E402
+from rewardlab.sweep import SweepSpec, product, run_sweep  # noqa: E402
+from rewardlab.sweep.report import change, ci_table, comparisons, derived_summary, first, last, mean_last  # noqa: E402
+from rewardlab.sweep.spec import seed_list  # noqa: E402
+
+METRICS = {"acc_before": first("accuracy"), "acc_after": last("accuracy"), "gain": change("accuracy"),
+           "pass@1": last("pass@1"), "pass@4": last("pass@4"), "kl_ref": last("train/kl_ref"),
+           "reward_last10": mean_last("train/reward", 10), "length": last("train/response_length")}
+COMPARED = ("acc_after", "pass@4", "kl_ref")
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--variant", default="tiny")
+  ap.add_argument("--seeds", type=int, default=5)
   ap.add_argument("--out", default="runs/compare_rl")
   ap.add_argument("--objectives", default=",".join(PG_OBJECTIVES))
+  ap.add_argument("--parallel", type=int, default=1)
+  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
   args = ap.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  shared_warmup = os.path.join(args.out, "_shared_sft_warmup")
-  results = []
-  for name in args.objectives.split(","):
-    config = grpo_arithmetic.get_config(args.variant, objective=name)
-    config.train.progress = False
-    workdir = os.path.join(args.out, name)
-    summary = run_sharing_sft_warmup(rl.run, config, workdir, shared_warmup)
-    start, end = summary["evals"][0], summary["evals"][-1]
-    train = [r for r in summary["records"] if r["split"] == "train"]
-    k = max(config.eval.pass_k)
-    results.append({
-        "objective": name, "acc_before": start["accuracy"], "acc_after": end["accuracy"],
-        "pass1_before": start["pass@1"], "pass1_after": end["pass@1"],
-        f"pass{k}_after": end[f"pass@{k}"], "kl_ref_final": train[-1]["kl_ref"],
-        "reward_last10": sum(r["reward"] for r in train[-10:]) / 10,
-        "length": train[-1]["response_length"], "wall_s": summary["wall_s"]})
-    print(results[-1], flush=True)
-  print(write_results(results, args.out))
+  config = grpo_arithmetic.get_config(args.variant)
+  config.train.progress = False
+  points = product({"objective.name": args.objectives.split(",")})
+  spec = SweepSpec(points, seed_list(args.seeds, config.seed), ("accuracy", "pass@4", "train/kl_ref"))
+  out = run_sweep(config, spec, args.out, parallel=args.parallel,
+                  config_arg=f"configs/grpo_arithmetic.py:{args.variant}")
+  rows = derived_summary(out["summary"]["results"], points, METRICS)
+  name = lambda r: r.overrides["objective.name"]  # noqa: E731
+  table = ci_table(rows, {"objective": name})
+  lines = comparisons(rows, {"objective.name": "grpo"}, COMPARED, names=name) if "grpo" in args.objectives.split(",") else []
+  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+  with open(os.path.join(args.out, "table.md"), "w") as f:
+    f.write(text)
+  print(text)
+  if args.table:
+    with open(args.table, "w") as f:
+      f.write(header(args, config, spec) + text)
+
+
+def header(args, config, spec) -> str:
+  rc = config.rl
+  return (f"# RL objectives on {config.data.task_kwargs.min_digits}-{config.data.task_kwargs.max_digits}-digit "
+          f"addition ({args.variant or 'default'} variant, {len(spec.seeds)} seeds)\n\n"
+          f"`python experiments/compare_rl_objectives.py --variant {args.variant} --seeds {len(spec.seeds)}` "
+          f"(a `rewardlab.sweep` over objective.name, seeds {list(spec.seeds)}). Each seed: one SFT warm-up "
+          f"({config.sft_warmup.steps} steps) shared by every objective, then {config.train.steps} iterations x "
+          f"{rc.num_prompts} prompts x {rc.group_size} samples at lr {config.optim.lr}, each objective with its "
+          f"PG_OBJECTIVES defaults. Accuracy: greedy exact match on {config.eval.num_problems} held-out prompts "
+          f"(acc_before = the warm-up's, identical for every objective of a seed); pass@k from "
+          f"{config.eval.pass_n} samples of {config.eval.passk_problems} prompts; kl_ref: the last iteration's "
+          f"k3 KL to the reference; reward_last10: mean train reward of the last 10 iterations. Cells: mean over "
+          f"seeds [95% Student-t interval]. Comparisons are paired by seed (`rewardlab.sweep.compare`).\n\n")
 
 
 if __name__ == "__main__":

@@ -19,3 +19,17 @@ def test_sft_tiny_raises_heldout_exact_match(tmp_path):
   assert end >= 0.35 and end - start >= 0.3, (start, end)
   losses = [r["loss"] for r in summary["records"] if r["split"] == "train"]
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_warmup_config_takes_its_own_schedule_else_inherits_the_optimizer():
+  """The RL stage's constant lr must not leak into a warm-up that asks for cosine decay, and a
+  warm-up that sets nothing keeps config.optim's settings (the tiny configs rely on it)."""
+  c = load_config("grpo_arithmetic", "tiny")
+  wc = sft.warmup_config(c)
+  assert (wc.optim.schedule, wc.optim.warmup_steps, wc.optim.lr) == ("constant", 0, c.sft_warmup.lr)
+  assert wc.train.steps == c.sft_warmup.steps and wc.pipeline == "sft"
+  c.sft_warmup.update(schedule="cosine", warmup_steps=30, min_lr_ratio=0.05)
+  wc = sft.warmup_config(c)
+  assert (wc.optim.schedule, wc.optim.warmup_steps, wc.optim.min_lr_ratio) == ("cosine", 30, 0.05)
+  assert wc.optim.weight_decay == c.optim.weight_decay   # unset: inherited
+  assert (c.optim.schedule, c.optim.warmup_steps) == ("constant", 0)   # the RL stage's own, untouched

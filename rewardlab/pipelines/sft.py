@@ -109,9 +109,15 @@ def build(config, workdir: str | None = None) -> Built:
 run = runner(build)
 
 
+# config.sft_warmup fields that replace config.optim's in the warm-up when set (not None):
+# the RL / preference stage usually wants a constant small lr, the warm-up a decaying large one
+WARMUP_OPTIM_FIELDS = ("schedule", "warmup_steps", "min_lr_ratio", "weight_decay")
+
+
 def warmup_config(config):
   """The SFT config of the warm-up that RL, preference and RM pipelines start from
-  (config.sft_warmup: steps, lr, judge_fraction), or None when absent, 0 steps, or the
+  (config.sft_warmup: steps, lr, judge_fraction, and optionally the WARMUP_OPTIM_FIELDS;
+  the rest of the optimizer is config.optim's), or None when absent, 0 steps, or the
   config is itself an SFT run. Its workdir is <run workdir>/sft_warmup."""
   wc = config.get("sft_warmup")
   if wc is None or wc.steps <= 0 or config.pipeline == "sft":
@@ -121,6 +127,9 @@ def warmup_config(config):
   sft_config.pipeline = "sft"
   sft_config.objective = ml_collections.ConfigDict({"name": "sft", "aggregation": "token_mean"})
   sft_config.optim.lr = wc.lr
+  for field in WARMUP_OPTIM_FIELDS:
+    if wc.get(field) is not None:
+      sft_config.optim[field] = wc[field]
   sft_config.data.judge_fraction = wc.get("judge_fraction", 0.0)
   sft_config.train.update(steps=wc.steps, eval_every=wc.steps, checkpoint_every=wc.steps)
   sft_config.lock()
