@@ -6,14 +6,14 @@ before training); sequences of 2048 tokens; 64 pairs per update, accumulated ove
 Plan:  rewardlab plan --config configs/plan_dpo_llama3_8b.py --topology v5e:4x4
        rewardlab plan --config configs/plan_dpo_llama3_8b.py --topology v6e:4x4
 Train: add --config.model.hf_path=/models/Llama-3.1-8B --config.data.pref_path=pairs.jsonl
-Precision: f32 parameters and Adam moments, bf16 activations and matmuls; remat full (each layer keeps only its input).
-Mesh: FSDP over every chip.
+Precision, remat and mesh: `rewardlab.plan.at_real_size`.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dpo_synthetic  # noqa: E402
+from rewardlab.plan import at_real_size  # noqa: E402
 
 
 def get_config(variant: str = ""):
@@ -21,10 +21,6 @@ def get_config(variant: str = ""):
     raise ValueError(f"plan_dpo_llama3_8b: unknown variant {variant!r}; allowed: ''")
   c = dpo_synthetic.get_config()
   c.workdir = "runs/plan_dpo_llama3_8b"
-  c.model.preset = "llama-3.1-8b"
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
   c.data.update(seq_len=2048, batch_size=64)
   c.eval.batch_size = 64
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
-  c.train.micro_batches = 4
-  return c
+  return at_real_size(c, "llama-3.1-8b", micro_batches=4)

@@ -4,14 +4,14 @@ sequences, 64 pairs per update, accumulated over `train.micro_batches` micro-bat
 
 Plan:  rewardlab plan --config configs/plan_rm_8b.py --topology v5p:2x2x2
 Train: add --config.model.hf_path=/models/Llama-3.1-8B --config.data.pref_path=pairs.jsonl
-Precision: f32 parameters and Adam moments, bf16 activations and matmuls; remat full (each layer keeps only its input).
-Mesh: FSDP over every chip.
+Precision, remat and mesh: `rewardlab.plan.at_real_size`.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rm_synthetic  # noqa: E402
+from rewardlab.plan import at_real_size  # noqa: E402
 
 
 def get_config(variant: str = ""):
@@ -19,10 +19,6 @@ def get_config(variant: str = ""):
     raise ValueError(f"plan_rm_8b: unknown variant {variant!r}; allowed: ''")
   c = rm_synthetic.get_config(head="scalar")
   c.workdir = "runs/plan_rm_8b"
-  c.model.preset = "llama-3.1-8b"
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
   c.data.update(seq_len=2048, batch_size=64)
   c.eval.batch_size = 64
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
-  c.train.micro_batches = 2
-  return c
+  return at_real_size(c, "llama-3.1-8b", micro_batches=2)

@@ -109,11 +109,11 @@ def test_gqa_shares_kv_heads(tiny_model_cfg):
   np.testing.assert_allclose(gqa(toks).logits, mha(toks).logits, atol=1e-5)
 
 
-def test_cached_decoding_matches_full_forward(tiny_model_cfg):
-  model = _model(tiny_model_cfg)
-  toks = _tokens(2, 8, tiny_model_cfg.vocab_size)
+def _assert_cached_decode_matches_full_forward(model, cfg, cache):
+  """A 5-token prefill into `cache` (room for 12), then 3 one-token steps, give the logits
+  of one full forward pass."""
+  toks = _tokens(2, 8, cfg.vocab_size)
   full = model(toks).logits
-  cache = init_cache(tiny_model_cfg, 2, 12)
   pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
   out = model(toks[:, :5], pos[:, :5], cache=cache)
   pieces = [out.logits]
@@ -121,6 +121,11 @@ def test_cached_decoding_matches_full_forward(tiny_model_cfg):
     out = model(toks[:, t:t + 1], pos[:, t:t + 1], cache=out.cache)
     pieces.append(out.logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+
+
+def test_cached_decoding_matches_full_forward(tiny_model_cfg):
+  model = _model(tiny_model_cfg)
+  _assert_cached_decode_matches_full_forward(model, tiny_model_cfg, init_cache(tiny_model_cfg, 2, 12))
 
 
 def test_left_padding_does_not_change_real_positions(tiny_model_cfg):
@@ -184,17 +189,9 @@ def test_scanned_cached_decoding_matches_full_forward(family, tiny_model_cfg):
   """The stacked [L, ...] cache carried through the scan, written in place per layer."""
   cfg = dataclasses.replace(tiny_model_cfg, **{**FAMILIES[family], **SCAN_FAMILIES[family]}, scan_layers=True)
   model = _model(cfg)
-  toks = _tokens(2, 8, cfg.vocab_size)
-  full = model(toks).logits
   cache = init_cache(cfg, 2, 12)
   assert cache.k.shape == (cfg.n_layers, 2, cfg.n_kv_heads, cfg.head_dim, 12)
-  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
-  out = model(toks[:, :5], pos[:, :5], cache=cache)
-  pieces = [out.logits]
-  for t in range(5, 8):
-    out = model(toks[:, t:t + 1], pos[:, t:t + 1], cache=out.cache)
-    pieces.append(out.logits)
-  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+  _assert_cached_decode_matches_full_forward(model, cfg, cache)
 
 
 @pytest.mark.parametrize("scan", [False, True])
