@@ -196,9 +196,10 @@ def test_math_jsonl_task_splits_samples_and_renders_chat_prompts(tmp_path):
 
 
 @pytest.mark.slow
-def test_grpo_gsm8k_end_to_end_from_a_tiny_hf_folder(tmp_path):
+def test_grpo_gsm8k_end_to_end_from_a_tiny_hf_folder(tmp_path, capsys):
   """configs/grpo_gsm8k.py:tiny through the pipeline registry: a random 2-layer Qwen2 with a
-  chat template, a 20-row GSM8K-style file; 3 GRPO iterations with held-out evals."""
+  chat template, a 20-row GSM8K-style file (plus one row without its `#### answer`, counted and
+  reported under skip_bad_rows); 3 GRPO iterations with held-out evals."""
   pytest.importorskip("transformers")
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
@@ -206,12 +207,15 @@ def test_grpo_gsm8k_end_to_end_from_a_tiny_hf_folder(tmp_path):
   folder = make_tiny_qwen2(str(tmp_path / "model"))
   config = load_config("grpo_gsm8k", "tiny")
   config.model.hf_path = folder
-  config.data.task_kwargs.path = _jsonl(tmp_path / "train.jsonl", gsm8k_rows(20))
+  config.data.task_kwargs.path = _jsonl(tmp_path / "train.jsonl",
+                                        gsm8k_rows(20) + [{"question": "1+1?", "answer": "two"}])
+  config.data.task_kwargs.skip_bad_rows = True
   config.data.task_kwargs.eval_path = _jsonl(tmp_path / "test.jsonl", gsm8k_rows(24)[20:])
   config.train.update(progress=False, tensorboard=False)
   assert config.data.task_kwargs.tokenizer_path == folder        # follows model.hf_path
   validate(config, OBJECTIVES, PIPELINES, n_devices=1)
   summary = PIPELINES[config.pipeline](config, str(tmp_path / "run"))
+  assert "task data: skipped {" in capsys.readouterr().out       # the bad row is not lost silently
   train = [r for r in summary["records"] if r["split"] == "train"]
   assert len(train) == 3
   for r in train:

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rewardlab.data import Task, make_task, prompt_batch
-from rewardlab.distributed import to_host
+from rewardlab.distributed import is_main, to_host
 from rewardlab.eval import pass_at_k
 from rewardlab.models import Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead
@@ -202,6 +202,8 @@ def build(config, workdir: str | None = None) -> Built:
   state = create_train_state(trainable, optimizer, mesh, config.seed, frozen={"ref": ref, "base": policy.frozen})
 
   task = make_task(config.data.task, **config.data.task_kwargs)
+  if getattr(task, "skipped", None) and is_main():   # a file-backed task's counted bad rows
+    print(f"task data: skipped {task.skipped}", flush=True)
   rs = RolloutSettings(config.seed, rc.num_prompts, rc.group_size, config.eval.max_prompt_len, rc.max_new_tokens,
                        rc.temperature, rc.top_p, bool(settings.get("dynamic_sampling")), rc.max_refill_rounds,
                        settings.get("overlong_buffer", 0), settings.get("overlong_penalty", 1.0),
