@@ -40,7 +40,8 @@ class Row:
 
 ROWS = [
     Row("Qwen3-0.6B SFT, 16 x 2048 tokens", "configs/plan_sft_qwen3_0p6b.py", "v5e:2x2", ("v5e:2x4", "v5e:4x4")),
-    Row("Qwen3-1.7B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:1.7b", "v5e:4x4"),
+    Row("Qwen3-1.7B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:1.7b", "v5e:4x4",
+        ("v5e:4x8", "v5e:8x8")),
     Row("Qwen3-8B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:8b", "v5p:2x2x2",
         ("v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4")),
     Row("Qwen3-8B GRPO, 64 prompts x 8, 512 + 1536 tokens", "configs/plan_grpo_qwen3.py:8b", "v5p:4x4x4"),
@@ -62,14 +63,34 @@ def git_commit() -> str:
   return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def pipeline_of(config: str) -> str:
+def load_row_config(config: str):
   sys.path.insert(0, ROOT)
   import importlib.util
   path, _, variant = config.partition(":")
   spec = importlib.util.spec_from_file_location("plan_row_config", os.path.join(ROOT, path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return (module.get_config(variant) if variant else module.get_config()).pipeline
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def pipeline_of(config: str) -> str:
+  return load_row_config(config).pipeline
+
+
+def on_slice(row: Row, topology: str) -> Row:
+  """The row for a larger slice: its micro-batches lowered to the most that still split the
+  update's rows evenly over the slice's chips (more chips, fewer rows each); unchanged when
+  the configured number already does."""
+  c = load_row_config(row.config)
+  rows = c.rl.minibatch_size if c.pipeline == "rl" else c.data.batch_size
+  chips = 1
+  for d in topology.split(":")[1].split("x"):
+    chips *= int(d)
+  micro = int(c.train.micro_batches)
+  fitting = [k for k in range(micro, 0, -1) if rows % (k * chips) == 0]
+  if not fitting or fitting[0] == micro:
+    return row
+  return dataclasses.replace(row, overrides=row.overrides + (f"--config.train.micro_batches={fitting[0]}",))
 
 
 def plan_one(row: Row, topology: str, function: str, layers: int | None, fresh: bool, timeout: int) -> dict:
@@ -115,6 +136,7 @@ def table_lines(results: list[tuple[Row, str, dict]]) -> list[str]:
            "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
   for row, topology, plan in results:
     mesh = "x".join(str(plan["mesh"][a]) for a in ("data", "fsdp", "tensor"))
+    topology = topology + "".join(f" ({o.removeprefix('--config.')})" for o in row.overrides)
     for f in plan["functions"]:
       if f["error"]:
         lines.append(f"| {row.label} | {topology} | {mesh} | {f['name']} | | | | | | **no**: {f['error'][:80]} "
@@ -146,8 +168,9 @@ def plan_row(row: Row, args) -> tuple[list, str]:
   results = [(row, row.topology, plan)]
   failing = [f["name"] for f in plan["functions"] if not f["fits"]]
   for bigger in row.larger if failing else ():
-    bigger_plan = merge([plan_one(row, bigger, fn, args.layers, args.fresh, args.timeout) for fn in failing])
-    results.append((row, bigger, bigger_plan))
+    sized = on_slice(row, bigger)
+    bigger_plan = merge([plan_one(sized, bigger, fn, args.layers, args.fresh, args.timeout) for fn in failing])
+    results.append((sized, bigger, bigger_plan))
     failing = [f["name"] for f in bigger_plan["functions"] if not f["fits"]]
     if not failing:
       return results, (f"{row.label}: does not fit {row.topology}; the smallest slice tried where its failing "
