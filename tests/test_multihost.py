@@ -246,12 +246,17 @@ def test_sft_resumes_on_another_process_count(sft_runs, tmp_path):
   assert_same_metrics(want, got, keys=[(s, "train") for s in range(1, 9)])
 
 
-@pytest.mark.slow
-def test_dpo_two_processes_train_what_one_process_trains(tmp_path):
-  procs = launch(tmp_path / "one", DPO, 1) + launch(tmp_path / "two", DPO, 2)
+def one_and_two_processes(tmp_path, args) -> tuple[dict, dict]:
+  """The same run on one process and on two, side by side -> (its metrics on one, on two)."""
+  procs = launch(tmp_path / "one", args, 1) + launch(tmp_path / "two", args, 2)
   finish(procs[:1], tmp_path / "one")
   finish(procs[1:], tmp_path / "two")
-  want, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+  return metrics(tmp_path / "one"), metrics(tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_dpo_two_processes_train_what_one_process_trains(tmp_path):
+  want, got = one_and_two_processes(tmp_path, DPO)
   assert set(want) == set(got)
   assert {"loss", "grad_norm", "reward_accuracy"} <= set(want[(1, "train")])
   assert "gold_reward" in want[(4, "eval")]
@@ -261,10 +266,7 @@ def test_dpo_two_processes_train_what_one_process_trains(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_two_processes_train_what_one_process_trains(tmp_path):
-  procs = launch(tmp_path / "one", GRPO, 1) + launch(tmp_path / "two", GRPO, 2)
-  finish(procs[:1], tmp_path / "one")
-  finish(procs[1:], tmp_path / "two")
-  want, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+  want, got = one_and_two_processes(tmp_path, GRPO)
   assert set(want) == set(got)
   assert {"loss", "grad_norm", "reward", "accuracy", "adv_std"} <= set(want[(1, "train")])
   assert max(want[(s, "train")]["adv_std"] for s in (1, 2, 3)) > 0   # some group had a learning signal
