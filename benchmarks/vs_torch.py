@@ -58,7 +58,7 @@ def qwen2_folder(size: str, seq: int, folder: str) -> str:
 
 def batches(batch: int, seq: int):
   """(SFT batch, DPO pair batch, the pairs' reference log-probs): random tokens, the loss on
-  each row's second half; DPO rows are batch // 2 chosen then batch // 2 rejected."""
+  each row's second half; DPO rows are pair-major (chosen 0, rejected 0, chosen 1, ...)."""
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, VOCAB, (batch, seq)).astype(np.int32)
   valid = np.ones((batch, seq), bool)
@@ -111,9 +111,8 @@ def torch_steps(folder: str, sft_batch, ref, compile_: bool):
     return -(token_logps(model) * mask).sum() / mask.sum()
 
   def dpo_loss(model):
-    summed = (token_logps(model) * mask).sum(-1) - ref_t
-    b = summed.shape[0] // 2
-    return -F.logsigmoid(BETA * (summed[:b] - summed[b:])).mean()
+    pairs = ((token_logps(model) * mask).sum(-1) - ref_t).reshape(-1, 2)   # pair-major rows
+    return -F.logsigmoid(BETA * (pairs[:, 0] - pairs[:, 1])).mean()
 
   fns, first = {}, {}
   for name, loss_of in (("sft", sft_loss), ("dpo", dpo_loss)):

@@ -98,6 +98,10 @@ def process_index() -> int:
   return jax.process_index()
 
 
+def process_count() -> int:
+  return jax.process_count()
+
+
 def is_main() -> bool:
   """Whether this is process 0, the one that writes the run's files."""
   return jax.process_index() == 0
@@ -136,6 +140,21 @@ def broadcast_from_main(tree: Any) -> Any:
     return tree
   from jax.experimental import multihost_utils
   return multihost_utils.broadcast_one_to_all(tree)
+
+
+def allgather_objects(obj: Any) -> list:
+  """[process 0's obj, process 1's, ...] on every process: any picklable value, of any size
+  per process (a collective: every process calls it at the same point). [obj] with one process."""
+  if jax.process_count() == 1:
+    return [obj]
+  import pickle
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [pickle.loads(row[:n].tobytes()) for row, n in zip(everyone, sizes)]
 
 
 def all_processes_ok(ok: bool) -> bool:

@@ -166,6 +166,16 @@ def process_rows(shape: Sequence[int], sharding: NamedSharding) -> slice:
   return slice(lo, hi)
 
 
+def process_examples(n: int, mesh: Mesh | None, rows_per_example: int = 1) -> range:
+  """The examples of a batch of n (each `rows_per_example` consecutive rows, e.g. a pair's
+  chosen and rejected rows) that this process holds rows of under the batch sharding: the part
+  of a batch it has to read. All n with one process or no mesh."""
+  if mesh is None or jax.process_count() == 1:
+    return range(n)
+  rows = process_rows((n * rows_per_example,), batch_sharding(mesh))
+  return range(rows.start // rows_per_example, -(-rows.stop // rows_per_example))
+
+
 def from_process_rows(local, sharding: NamedSharding, global_shape: Sequence[int]) -> jax.Array:
   """The global [B, ...] jax.Array whose rows `process_rows(global_shape, sharding)` are this
   process's `local` array (`jax.make_array_from_process_local_data`): every process passes

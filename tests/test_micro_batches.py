@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from rewardlab.data import ByteTokenizer, make_task, sft_batch
-from rewardlab.data.preference import pair_batch, synthetic_pairs
+from rewardlab.data.preference import RMBatch, pair_batch, synthetic_pairs
 from rewardlab.models import ModelConfig, Transformer
 from rewardlab.models.heads import ActorCritic, ValueHead
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES
@@ -85,17 +85,21 @@ def test_dpo_micro_batches_equal_the_whole_batch():
 
 
 def test_micro_split_keeps_pairs_together():
-  """Pair batches (chosen rows [0, P), rejected [P, 2P), per-pair fields [P]) split into
-  micro-batches that are pair batches of the same pairs."""
+  """Pair-major batches (rows c0, r0, c1, r1, ..., per-pair fields [P]) split into
+  micro-batches that are pair-major batches of the same pairs, pairs k, k+m, ... in the k-th;
+  plain batches split row-strided."""
   p, m = 6, 3
   rows, per_pair = np.arange(2 * p), np.arange(p) * 10
-  tokens, margin = (np.asarray(x) for x in micro_split((rows, per_pair), m))
+  batch = RMBatch(rows, rows, rows, per_pair, per_pair, rows, rows, rows, rows)
+  micro = micro_split(batch, m)
+  tokens, margin = np.asarray(micro.tokens), np.asarray(micro.margin)
   assert tokens.shape == (m, 2 * p // m) and margin.shape == (m, p // m)
   for k in range(m):
-    chosen, rejected = tokens[k, :p // m], tokens[k, p // m:]
-    np.testing.assert_array_equal(rejected, chosen + p)          # each chosen with its rejected
-    np.testing.assert_array_equal(margin[k], chosen * 10)         # per-pair fields follow their pair
-  assert sorted(tokens[:, :p // m].ravel().tolist()) == list(range(p))   # every pair once
+    pair = np.arange(k, p, m)                                      # pairs k, k + m, ...
+    np.testing.assert_array_equal(tokens[k], np.stack([2 * pair, 2 * pair + 1], 1).ravel())
+    np.testing.assert_array_equal(margin[k], pair * 10)            # per-pair fields follow their pair
+  plain = np.asarray(micro_split((rows,), m)[0])
+  np.testing.assert_array_equal(plain[1], np.arange(1, 2 * p, m))
 
 
 def rollout_batch(rows=8, prompt=5, new=6, seed=0):

@@ -254,14 +254,47 @@ def one_and_two_processes(tmp_path, args) -> tuple[dict, dict]:
   return metrics(tmp_path / "one"), metrics(tmp_path / "two")
 
 
+def read_reports(workdir, n: int) -> list[dict]:
+  """Each process's "data: process i of n read X bytes to index and Y bytes of rows from F (Z
+  bytes)" line (data.row_file.report_reads)."""
+  pattern = r"data: process (\d+) of (\d+) read (\d+) bytes to index and (\d+) bytes of rows from \S+ \((\d+) bytes\)"
+  out = []
+  for i in range(n):
+    found = re.findall(pattern, open(f"{workdir}.p{i}.log").read())
+    assert len(found) == 1, _tail(f"{workdir}.p{i}.log")
+    p, count, index, rows, size = map(int, found[0])
+    assert (p, count) == (i, n)
+    out.append({"index": index, "rows": rows, "size": size})
+  return out
+
+
 @pytest.mark.slow
-def test_dpo_two_processes_train_what_one_process_trains(tmp_path):
-  want, got = one_and_two_processes(tmp_path, DPO)
+def test_dpo_two_processes_train_what_one_process_trains_reading_half_the_file_each(tmp_path):
+  """DPO on a JSONL pair file (64 pairs and one bad line, skipped): two processes train what one
+  trains, and each reads only its share: half the file to index it (plus a line at the
+  boundary) and the pairs of its half of each batch (the reference pass and 4 steps: together
+  exactly the bytes one process reads)."""
+  from rewardlab.data import make_task
+  from rewardlab.data.preference import synthetic_pairs
+  lines = [json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
+           for p in synthetic_pairs(make_task("addition", max_digits=2), np.random.default_rng(0), 64)]
+  lines.insert(20, '{"prompt": "1+1=", "chosen": 2')
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  args = DPO + [f"--config.data.pref_path={path}", "--config.data.on_bad_pair=skip"]
+  want, got = one_and_two_processes(tmp_path, args)
   assert set(want) == set(got)
   assert {"loss", "grad_norm", "reward_accuracy"} <= set(want[(1, "train")])
   assert "gold_reward" in want[(4, "eval")]
   assert_same_metrics(want, got)
   assert_same_metrics(metrics(tmp_path / "one" / "sft_warmup"), metrics(tmp_path / "two" / "sft_warmup"))
+  (one,), two = read_reports(tmp_path / "one", 1), read_reports(tmp_path / "two", 2)
+  size, longest = one["size"], max(len(line) + 1 for line in lines)
+  assert one["index"] == size
+  assert all(r["index"] <= size // 2 + 1 + longest for r in two)
+  assert sum(r["index"] for r in two) <= size + 1 + longest
+  assert sum(r["rows"] for r in two) == one["rows"]                # disjoint halves of every batch
+  assert all(0.35 * one["rows"] < r["rows"] < 0.65 * one["rows"] for r in two)
 
 
 @pytest.mark.slow

@@ -198,7 +198,7 @@ def test_every_head_gives_antisymmetric_pair_logits_and_learns(head):
   b = rm_batch(pairs, tok, 24, 3, 8)
   model = RewardModel(cfg, hc, rngs=nnx.Rngs(0))
   out = model(jnp.asarray(b.tokens), jnp.asarray(b.valid), jnp.asarray(b.completion_start))
-  swap = lambda x: jnp.concatenate([x[16:], x[:16]])  # noqa: E731
+  swap = lambda x: x.reshape(16, 2, *x.shape[1:])[:, ::-1].reshape(x.shape)  # noqa: E731  (pair-major rows)
   out_swapped = model(swap(b.tokens), swap(b.valid), swap(b.completion_start))
   np.testing.assert_allclose(pair_logit(hc, out), -pair_logit(hc, out_swapped), atol=2e-5)
   assert response_scores(hc, out, group_size=4).shape == (32,)

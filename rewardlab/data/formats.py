@@ -31,7 +31,10 @@ class RowError(ValueError):
 
   def __init__(self, where: str, message: str, reason: str | None = None):
     super().__init__(f"{where}: {message}")
-    self.reason = reason or message
+    self.where, self.message, self.reason = where, message, reason or message
+
+  def __reduce__(self):   # pickled between processes (data.row_file)
+    return RowError, (self.where, self.message, self.reason)
 
 
 class PromptRow(NamedTuple):
@@ -45,29 +48,44 @@ class UnpairedExample(NamedTuple):
   label: bool            # True: desirable (KTO's D), False: undesirable (U)
 
 
+def jsonl_record(raw: bytes, where: str, first_line: bool = False):
+  """One JSONL line -> its JSON value, None for a blank line, or a RowError (not UTF-8, not JSON)."""
+  try:
+    line = raw.decode("utf-8-sig" if first_line else "utf-8")
+  except UnicodeDecodeError as e:
+    return RowError(where, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                    "not valid UTF-8")
+  if not line.strip():
+    return None
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    return RowError(where, f"not valid JSON ({e.msg}, column {e.colno})", "not valid JSON")
+
+
 def _jsonl_rows(path: str) -> Iterator[tuple[object, str]]:
   with open(path, "rb") as f:
     for lineno, raw in enumerate(f, 1):
       where = f"{path}:{lineno}"
-      try:
-        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-      except UnicodeDecodeError as e:
-        yield RowError(where, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
-                       "not valid UTF-8"), where
-        continue
-      if not line.strip():
-        continue
-      try:
-        yield json.loads(line), where
-      except json.JSONDecodeError as e:
-        yield RowError(where, f"not valid JSON ({e.msg}, column {e.colno})", "not valid JSON"), where
+      row = jsonl_record(raw, where, lineno == 1)
+      if row is not None:
+        yield row, where
+
+
+def parquet_file(path: str):
+  """pyarrow's ParquetFile (footer read, no rows yet), or a ValueError naming the file."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  try:
+    return pq.ParquetFile(path)
+  except (pa.ArrowException, OSError) as e:
+    raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[object, str]]:
   import pyarrow as pa
-  import pyarrow.parquet as pq
   try:
-    table = pq.read_table(path)
+    table = parquet_file(path).read()
   except pa.ArrowException as e:
     raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
   for i, row in enumerate(table.to_pylist(), 1):

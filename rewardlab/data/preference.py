@@ -41,13 +41,15 @@ class PreferencePair(NamedTuple):
 
 
 class PairBatch(NamedTuple):
-  """Chosen rows [0, B) and rejected rows [B, 2B) of right-padded sequences, so one
-  forward pass scores both. tokens/valid/loss_mask: [2B, T]; ref_logps: [2B] summed
+  """Pair-major rows (`pair_rows`: chosen 0, rejected 0, chosen 1, ...) of right-padded
+  sequences, so one forward pass scores both and any contiguous block of rows (a device's, a
+  process's) holds whole pairs. tokens/valid/loss_mask: [2B, T]; ref_logps: [2B] summed
   reference log-probs of each completion (zeros for reference-free objectives);
   win_prob: [2B] each completion's estimated P(y > pi) (SPPO; 1 / 0 for labelled pairs);
   smoothing: [2B] the pair's label smoothing on both of its rows (CREAM);
   token_rewards: [2B, T-1] per-token rewards aligned with next-token log-probs (TGDPO; else [2B, 1]);
   ref_token_logps: [2B, T-1] the reference's per-token log-probs (TGDPO; else [2B, 1])."""
+  rows_per_example = 2   # train.step.micro_split keeps a pair's rows together
   tokens: np.ndarray
   valid: np.ndarray
   loss_mask: np.ndarray
@@ -162,6 +164,31 @@ def load_preferences(path: str, skipped: dict | None = None, tokenizer=None) -> 
   return load_rows(path, lambda row, where: pair_from_row(row, where, chat), skipped, "preference")
 
 
+def preference_file(path: str, skipped: dict | None = None, tokenizer=None, seq_len: int | None = None):
+  """The pairs of a JSONL / Parquet preference file as a `row_file.RowFile`: indexed a share per
+  process, each pair read when a batch needs it. With seq_len, a pair whose chosen or rejected
+  row does not fit is a bad row ("too_long"): skipped and counted with `skipped`, else an error."""
+  from rewardlab.data.row_file import RowFile
+  chat = resolve_chat(tokenizer)
+  check = None if seq_len is None else length_check(tokenizer, seq_len)
+  return RowFile(path, lambda row, where: pair_from_row(row, where, chat), check, skipped, "preference")
+
+
+def row_tokens(item, tokenizer, completions=lambda p: (p.chosen, p.rejected)) -> int:
+  """Tokens of `BOS prompt completion EOS` for the longest of the item's completions."""
+  return len(tokenizer.encode(item.prompt, bos=True)) + max(len(tokenizer.encode(c, eos=True))
+                                                            for c in completions(item))
+
+
+def length_check(tokenizer, seq_len: int, completions=lambda p: (p.chosen, p.rejected)):
+  """check(item, where) for RowFile: a RowError ("too_long") when the item does not fit seq_len."""
+  def check(item, where: str):
+    n = row_tokens(item, tokenizer, completions)
+    if n > seq_len:
+      raise RowError(where, f"needs {n} tokens, over data.seq_len={seq_len}", "too_long")
+  return check
+
+
 def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None,
                   completions=lambda p: (p.chosen, p.rejected), what: str = "preference pair") -> list:
   """Rows whose `BOS prompt completion EOS` fits seq_len for each of their completions (a
@@ -169,8 +196,7 @@ def drop_too_long(pairs, tokenizer, seq_len: int, skipped: dict | None = None,
   counted in `skipped["too_long"]`."""
   kept = []
   for i, p in enumerate(pairs):
-    n = len(tokenizer.encode(p.prompt, bos=True)) + max(
-        len(tokenizer.encode(c, eos=True)) for c in completions(p))
+    n = row_tokens(p, tokenizer, completions)
     if n <= seq_len:
       kept.append(p)
     elif skipped is None:
@@ -255,27 +281,40 @@ def gold_token_rewards(completion: str, answer: str) -> tuple:
   return tuple(rewards) + (0.0,)
 
 
+def pair_rows(chosen: Sequence, rejected: Sequence) -> list:
+  """The pair-major row order of PairBatch / RMBatch: [c0, r0, c1, r1, ...]."""
+  return [x for pair in zip(chosen, rejected) for x in pair]
+
+
+def split_pair_rows(x):
+  """[2B, ...] pair-major rows -> (chosen [B, ...], rejected [B, ...]), numpy or jax. A
+  reshape, so a row block sharded over devices splits without moving data."""
+  pairs = x.reshape(x.shape[0] // 2, 2, *x.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
+
+
 def pair_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int,
                ref_logps: np.ndarray | None = None, ref_token_logps: np.ndarray | None = None,
                token_rewards: bool = False) -> PairBatch:
-  """Encodes `BOS prompt completion EOS` for chosen then rejected; loss on completion+EOS."""
+  """Encodes `BOS prompt completion EOS` for each pair's chosen and rejected completion,
+  pair-major (`pair_rows`); loss on completion+EOS. ref_logps [2B] / ref_token_logps
+  [2B, T-1] in the same row order (a [B, 2, ...] cache reshaped)."""
   from rewardlab.data.batching import sft_batch
-  rows = [Problem(p.prompt, p.chosen) for p in pairs] + [Problem(p.prompt, p.rejected) for p in pairs]
+  rows = pair_rows([Problem(p.prompt, p.chosen) for p in pairs], [Problem(p.prompt, p.rejected) for p in pairs])
   b = sft_batch(rows, tokenizer, seq_len)
   ref = np.zeros((2 * len(pairs),), np.float32) if ref_logps is None else ref_logps
-  wins = [p.win_probs or (1.0, 0.0) for p in pairs]
-  win = np.array([w[0] for w in wins] + [w[1] for w in wins], np.float32)
-  smooth = np.array([p.smoothing for p in pairs] * 2, np.float32)
+  win = np.array([w for p in pairs for w in (p.win_probs or (1.0, 0.0))], np.float32)
+  smooth = np.repeat(np.array([p.smoothing for p in pairs], np.float32), 2)
   n = 2 * len(pairs)
   tok_r = np.zeros((n, seq_len - 1 if token_rewards else 1), np.float32)
   if token_rewards:
-    for i, r in enumerate([p.chosen_token_rewards for p in pairs] + [p.rejected_token_rewards for p in pairs]):
+    for i, r in enumerate(pair_rows([p.chosen_token_rewards for p in pairs], [p.rejected_token_rewards for p in pairs])):
       if r is None:
-        raise ValueError(f"pair_batch: row {i % len(pairs)} has no token rewards (TGDPO needs "
+        raise ValueError(f"pair_batch: row {i // 2} has no token rewards (TGDPO needs "
                          "chosen_token_rewards / rejected_token_rewards)")
       start = int(np.argmax(b.loss_mask[i])) - 1        # log-prob index of the first completion token
       if len(r) != int(b.loss_mask[i].sum()):
-        raise ValueError(f"pair_batch: row {i % len(pairs)} has {len(r)} token rewards for "
+        raise ValueError(f"pair_batch: row {i // 2} has {len(r)} token rewards for "
                          f"{int(b.loss_mask[i].sum())} completion tokens (incl. EOS)")
       tok_r[i, start:start + len(r)] = r
   ref_tok = (np.zeros((n, 1), np.float32) if ref_token_logps is None else ref_token_logps.astype(np.float32))
@@ -420,11 +459,13 @@ def synthetic_rm_pairs(task: Task, rng: np.random.Generator, n: int, *, split: s
 
 
 class RMBatch(NamedTuple):
-  """Chosen rows [0, B) then rejected rows [B, 2B) of right-padded `BOS prompt completion EOS`.
+  """Pair-major rows (`pair_rows`: chosen 0, rejected 0, chosen 1, ...) of right-padded
+  `BOS prompt completion EOS`.
 
   tokens/valid [2B, T]; completion_start [2B] (first completion token); margin/tie [B];
   ratings/ratings_mask [2B, k] (attribute ratings where given); steps/steps_mask [2B, S]
   (step labels where given)."""
+  rows_per_example = 2   # train.step.micro_split keeps a pair's rows together
   tokens: np.ndarray
   valid: np.ndarray
   completion_start: np.ndarray
@@ -452,12 +493,12 @@ def _fill(rows, width: int, what: str, where: str):
 def rm_batch(pairs: Sequence[PreferencePair], tokenizer, seq_len: int, num_attributes: int = 0,
              max_steps: int = 0) -> RMBatch:
   from rewardlab.data.batching import sft_batch
-  rows = [Problem(p.prompt, p.chosen) for p in pairs] + [Problem(p.prompt, p.rejected) for p in pairs]
+  rows = pair_rows([Problem(p.prompt, p.chosen) for p in pairs], [Problem(p.prompt, p.rejected) for p in pairs])
   b = sft_batch(rows, tokenizer, seq_len)
   start = np.argmax(b.loss_mask, axis=1).astype(np.int32)
-  ratings, rmask = _fill([p.chosen_ratings for p in pairs] + [p.rejected_ratings for p in pairs],
+  ratings, rmask = _fill(pair_rows([p.chosen_ratings for p in pairs], [p.rejected_ratings for p in pairs]),
                          num_attributes, "ratings", "attribute")
-  steps, smask = _fill([p.chosen_steps for p in pairs] + [p.rejected_steps for p in pairs],
+  steps, smask = _fill(pair_rows([p.chosen_steps for p in pairs], [p.rejected_steps for p in pairs]),
                        max_steps, "step labels", "step")
   margin = np.array([p.margin or 0.0 for p in pairs], np.float32)
   tie = np.array([p.tie for p in pairs], bool)

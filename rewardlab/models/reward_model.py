@@ -2,8 +2,8 @@
 
 `RewardModel(tokens, valid, completion_start)` returns a dict of head outputs; every head
 but the general-preference one also returns a scalar `reward` [N] per response, so any RM
-can score completions online. `pair_logit` turns the outputs of chosen rows [0, B) and
-rejected rows [B, 2B) into the logit of P(chosen > rejected) for every head type.
+can score completions online. `pair_logit` turns the outputs of pair-major rows (chosen 0,
+rejected 0, chosen 1, ...) into the logit of P(chosen > rejected) for every head type.
 
 Head types (HeadConfig.type):
   scalar    r = w.h_last + b                                            (A1)
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rewardlab.data.preference import split_pair_rows
 from rewardlab.models import heads as H
 from rewardlab.models.config import ModelConfig
 from rewardlab.models.transformer import Transformer
@@ -122,13 +123,14 @@ class RewardModel(nnx.Module):
 
 
 def split_pairs(outputs: dict) -> tuple[dict, dict]:
-  """Outputs of 2B rows -> (chosen rows [0, B), rejected rows [B, 2B))."""
-  b = jax.tree.leaves(outputs)[0].shape[0] // 2
-  return (jax.tree.map(lambda x: x[:b], outputs), jax.tree.map(lambda x: x[b:], outputs))
+  """Outputs of 2B pair-major rows (chosen 0, rejected 0, chosen 1, ...: data.preference.pair_rows)
+  -> (chosen [B, ...], rejected [B, ...])."""
+  return (jax.tree.map(lambda x: split_pair_rows(x)[0], outputs),
+          jax.tree.map(lambda x: split_pair_rows(x)[1], outputs))
 
 
 def pair_logit(head: HeadConfig, outputs: dict) -> jax.Array:
-  """Logit of P(chosen > rejected) [B] from the outputs of [chosen; rejected] rows."""
+  """Logit of P(chosen > rejected) [B] from the outputs of pair-major (chosen, rejected) rows."""
   c, r = split_pairs(outputs)
   if head.type == "general":
     return H.general_preference_score(c["embedding"], r["embedding"])

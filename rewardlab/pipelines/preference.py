@@ -19,15 +19,16 @@ from rewardlab.data import Task, make_task, prompt_batch
 from rewardlab.data.batching import epoch_batch_indices
 from rewardlab.data.formats import load_unpaired
 from rewardlab.data.preference import (PairBatch, PreferencePair, UnpairedBatch, drop_too_long, gold_reward,
-                                       load_preferences, pair_batch, unpaired_batch,
-                                       synthetic_pairs)
+                                       pair_batch, preference_file, split_pair_rows, synthetic_pairs,
+                                       unpaired_batch)
+from rewardlab.data.row_file import batch_rows, report_reads
 from rewardlab.distributed import is_main, to_host
 from rewardlab.models.logprobs import completion_logprobs, sequence_logprobs
 from rewardlab.objectives.preference import PAIRED, REFERENCE_FREE, cdpo_loss, kto_loss, sppo_loss, tgdpo_loss
 from rewardlab.ops import masked_sum
 from rewardlab.pipelines import sft
 from rewardlab.sampling import SamplingParams, make_sample_fn
-from rewardlab.sharding import shard_batch
+from rewardlab.sharding import process_examples, shard_batch
 from rewardlab.pipelines.common import Built, runner
 from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_source
 from rewardlab.train.optim import make_optimizer
@@ -100,12 +101,11 @@ def tgdpo_on_pairs(model, batch: PairBatch, chunk: int, *, beta: float = 0.1, to
   w = max(0, 1 - alpha r_t) (push bad tokens down harder); alpha = 0 is DPO."""
   logps = sequence_logprobs(model, batch.tokens, batch.valid, chunk)       # [2B, T-1]
   mask = batch.loss_mask[:, 1:].astype(jnp.float32)
-  b = logps.shape[0] // 2
-  r = batch.token_rewards
-  w_w = jnp.maximum(1.0 + token_alpha * r[:b], 0.0)
-  w_l = jnp.maximum(1.0 - token_alpha * r[b:], 0.0)
-  ref = batch.ref_token_logps
-  return tgdpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], mask[:b], mask[b:], w_w, w_l, beta=beta)
+  r_w, r_l = split_pair_rows(batch.token_rewards)
+  w_w = jnp.maximum(1.0 + token_alpha * r_w, 0.0)
+  w_l = jnp.maximum(1.0 - token_alpha * r_l, 0.0)
+  return tgdpo_loss(*split_pair_rows(logps), *split_pair_rows(batch.ref_token_logps), *split_pair_rows(mask),
+                    w_w, w_l, beta=beta)
 
 
 def make_preference_loss_fn(objective_cfg, chunk: int, per_pair_smoothing: bool = False):
@@ -118,10 +118,10 @@ def make_preference_loss_fn(objective_cfg, chunk: int, per_pair_smoothing: bool 
   def loss_fn(model, batch: PairBatch, rng):
     del rng
     logps, lengths = summed_logprobs(model, batch.tokens, batch.valid, batch.loss_mask, chunk)
-    b = logps.shape[0] // 2
-    kw = dict(hp, label_smoothing=batch.smoothing[:b]) if per_pair_smoothing else hp
-    return fn(logps[:b], logps[b:], batch.ref_logps[:b], batch.ref_logps[b:],
-              len_w=lengths[:b], len_l=lengths[b:], win_w=batch.win_prob[:b], win_l=batch.win_prob[b:], **kw)
+    kw = dict(hp, label_smoothing=split_pair_rows(batch.smoothing)[0]) if per_pair_smoothing else hp
+    (len_w, len_l), (win_w, win_l) = split_pair_rows(lengths), split_pair_rows(batch.win_prob)
+    return fn(*split_pair_rows(logps), *split_pair_rows(batch.ref_logps),
+              len_w=len_w, len_l=len_l, win_w=win_w, win_l=win_l, **kw)
   return loss_fn
 
 
@@ -133,12 +133,10 @@ def load_pairs(data_cfg, seed: int, task: Task, tokenizer, token_rewards: bool =
   per-token rewards (TGDPO)."""
   dc = data_cfg
   skip = skipped if dc.get("on_bad_pair", "error") == "skip" else None
-  if dc.get("pref_path"):
-    pairs = load_preferences(dc.pref_path, skip, tokenizer=tokenizer)
-  else:
-    pairs = synthetic_pairs(task, np.random.default_rng([seed, 99]), dc.num_pairs,
-                            label_noise=dc.label_noise, p_answer=dc.p_answer,
-                            token_rewards=token_rewards)
+  if dc.get("pref_path"):   # read a share per process (data.row_file)
+    return preference_file(dc.pref_path, skip, tokenizer, dc.seq_len)
+  pairs = synthetic_pairs(task, np.random.default_rng([seed, 99]), dc.num_pairs,
+                          label_noise=dc.label_noise, p_answer=dc.p_answer, token_rewards=token_rewards)
   return drop_too_long(pairs, tokenizer, dc.seq_len, skip)
 
 
@@ -200,13 +198,13 @@ def reference_logps(graphdef, ref_params, pairs, tokenizer, seq_len, batch_size,
   completion log-probs, or with per_token [N, 2, T-1] masked per-token log-probs."""
   score = make_reference_scorer(graphdef, chunk, per_token)
   out = np.zeros((len(pairs), 2) + ((seq_len - 1,) if per_token else ()), np.float32)
+  local = process_examples(batch_size, mesh, rows_per_example=2)
   for s in range(0, len(pairs), batch_size):
-    chunk_pairs = list(pairs[s:s + batch_size])
-    n = len(chunk_pairs)
-    chunk_pairs += [chunk_pairs[-1]] * (batch_size - n)   # static shapes
-    b = pair_batch(chunk_pairs, tokenizer, seq_len)
+    n = min(batch_size, len(pairs) - s)
+    idx = list(range(s, s + n)) + [s + n - 1] * (batch_size - n)   # static shapes
+    b = pair_batch(batch_rows(pairs, idx, local), tokenizer, seq_len)
     got = np.asarray(to_host(score(ref_params, *shard_batch((b.tokens, b.valid, b.loss_mask), mesh))))
-    out[s:s + n, 0], out[s:s + n, 1] = got[:batch_size][:n], got[batch_size:][:n]
+    out[s:s + n] = got.reshape(batch_size, 2, *got.shape[1:])[:n]   # pair-major rows
   return out
 
 
@@ -251,18 +249,19 @@ def make_gold_evaluator(eval_cfg, task: Task, policy, ref_params, mesh):
 
 
 def pair_batches(pairs, ref_cache: np.ndarray, tokenizer, seq_len: int, batch_size: int, key,
-                 token_level: bool = False):
+                 token_level: bool = False, mesh=None):
   """batch_at(i) -> PairBatch of update i: a reshuffled-every-epoch draw (seeded by `key`) of
-  the pairs with their cached reference log-probs ([n, 2] sums, or [n, 2, T-1] per token)."""
+  the pairs with their cached reference log-probs ([n, 2] sums, or [n, 2, T-1] per token).
+  With the mesh, each process reads only the pairs of its part of the batch (`batch_rows`)."""
+  local = process_examples(batch_size, mesh, rows_per_example=2)
+
   def batch_at(i: int) -> PairBatch:
     idx = epoch_batch_indices(key, i, len(pairs), batch_size)
-    ref_pair = ref_cache[idx]
-    if token_level:   # per-token cache [n, 2, T-1]: rows chosen then rejected
-      per_token = np.concatenate([ref_pair[:, 0], ref_pair[:, 1]])
-      return pair_batch([pairs[j] for j in idx], tokenizer, seq_len, per_token.sum(-1),
-                        ref_token_logps=per_token, token_rewards=True)
-    return pair_batch([pairs[j] for j in idx], tokenizer, seq_len,
-                      np.concatenate([ref_pair[:, 0], ref_pair[:, 1]]))
+    rows = batch_rows(pairs, idx, local)
+    ref_rows = ref_cache[idx].reshape(2 * len(idx), *ref_cache.shape[2:])   # pair-major, as the batch's rows
+    if token_level:   # per-token cache [n, 2, T-1]
+      return pair_batch(rows, tokenizer, seq_len, ref_rows.sum(-1), ref_token_logps=ref_rows, token_rewards=True)
+    return pair_batch(rows, tokenizer, seq_len, ref_rows)
   return batch_at
 
 
@@ -314,7 +313,7 @@ def build(config, workdir: str | None = None) -> Built:
   else:
     loss_fn = make_preference_loss_fn(config.objective, tc.logprob_chunk)
     batch_at = pair_batches(pairs, ref_cache, policy.tokenizer, dc.seq_len, dc.batch_size, [config.seed],
-                            token_level)
+                            token_level, mesh)
 
   def with_cache_metric(model, batch, rng):
     loss, metrics = loss_fn(model, batch, rng)
@@ -324,7 +323,7 @@ def build(config, workdir: str | None = None) -> Built:
                       make_gold_evaluator(config.eval, task, policy, ref, mesh), merge=merge,
                       plot_panels=GOLD_PANELS)
   return Built(pipeline, mesh, LoopSettings.from_config(tc),
-               lambda summary: dict(summary, num_pairs=len(pairs), skipped=skipped))
+               lambda summary: dict(summary, num_pairs=len(pairs), skipped=skipped, **report_reads(pairs)))
 
 
 run = runner(build)

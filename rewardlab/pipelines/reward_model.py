@@ -20,15 +20,16 @@ from flax import nnx
 
 from rewardlab.data import Task, make_task
 from rewardlab.data.batching import epoch_batch_indices
-from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, rm_batch,
-                                       synthetic_rm_pairs)
+from rewardlab.data.preference import (ATTRIBUTES, STEP_SEPARATOR, RMBatch, load_preferences, preference_file,
+                                       rm_batch, synthetic_rm_pairs)
+from rewardlab.data.row_file import batch_rows, report_reads
 from rewardlab.distributed import is_main, to_host
 from rewardlab.eval.reward_model import rm_report, write_report
 from rewardlab.models.lora import apply_lora
 from rewardlab.models.reward_model import HeadConfig, RewardModel, pair_logit, split_pairs
 from rewardlab.objectives import reward_model as rmo
 from rewardlab.pipelines import sft
-from rewardlab.sharding import shard_batch
+from rewardlab.sharding import process_examples, shard_batch
 from rewardlab.pipelines.common import Built, runner
 from rewardlab.train.loop import LoopSettings, Pipeline, begin_run, offline_source
 from rewardlab.train.optim import make_optimizer
@@ -88,7 +89,7 @@ def ordinal_levels(ratings, levels: int, low: float, high: float):
 
 
 def rm_loss(hc: HeadConfig, rc, outputs: dict, batch: RMBatch):
-  """The head's objective on the outputs of [chosen; rejected] rows -> (loss, metrics)."""
+  """The head's objective on the outputs of pair-major (chosen, rejected) rows -> (loss, metrics)."""
   smooth = dict(tie=batch.tie, label_smoothing=rc.label_smoothing)
   margin = batch.margin * rc.margin_scale if rc.use_margin else None
   c, r = split_pairs(outputs)
@@ -121,7 +122,7 @@ def rm_loss(hc: HeadConfig, rc, outputs: dict, batch: RMBatch):
 
 
 def make_rm_loss_fn(hc: HeadConfig, rm_cfg):
-  """loss_fn(model, RMBatch, rng): the RewardModel's outputs on [chosen; rejected] -> rm_loss."""
+  """loss_fn(model, RMBatch, rng): the RewardModel's outputs on pair-major (chosen, rejected) rows -> rm_loss."""
   def loss_fn(model, batch: RMBatch, rng):
     del rng
     return rm_loss(hc, rm_cfg, model(batch.tokens, batch.valid, batch.completion_start), batch)
@@ -147,8 +148,8 @@ def load_pair_sets(data_cfg, seed: int, task: Task, steps: bool = False, tokeniz
   dc = data_cfg
   kw = dict(label_noise=dc.label_noise, length_bias=dc.length_bias, tie_frac=dc.tie_frac,
             p_answer=dc.p_answer, steps=steps, p_slip=dc.get("p_slip", 0.5))
-  train = (load_preferences(dc.pref_path, tokenizer=tokenizer) if dc.get("pref_path") else
-           synthetic_rm_pairs(task, np.random.default_rng([seed, 7]), dc.num_pairs, **kw))
+  train = (preference_file(dc.pref_path, tokenizer=tokenizer, seq_len=dc.seq_len) if dc.get("pref_path") else
+           synthetic_rm_pairs(task, np.random.default_rng([seed, 7]), dc.num_pairs, **kw))   # file: a share per process
   if dc.get("eval_path"):
     held_out = load_preferences(dc.eval_path, tokenizer=tokenizer)
   else:   # clean labels, best-of-4 groups, and a length-trap subset
@@ -186,7 +187,7 @@ def make_rm_evaluator(graphdef, hc: HeadConfig, tokenizer, pairs, mesh, seq_len:
           (b.tokens, b.valid, b.completion_start), mesh)))
       logits.append(lg[:n])
       if sc is not None:
-        scores.append(np.stack([sc[:bs][:n], sc[bs:][:n]], 1))
+        scores.append(sc.reshape(bs, 2)[:n])   # pair-major rows: (chosen, rejected)
       if sl is not None:
         m = sm & b.steps_mask
         step_hits += float(np.sum(((sl > 0) == (b.steps > 0.5)) & m))
@@ -247,9 +248,11 @@ def build(config, workdir: str | None = None) -> Built:
   trainable, frozen, merge = rm_lora(spec.lora, params, mesh, config.seed)
   state = create_train_state(trainable, optimizer, mesh, config.seed, frozen=frozen)
 
+  local = process_examples(dc.batch_size, mesh, rows_per_example=2)
+
   def batch_at(i: int) -> RMBatch:
     idx = epoch_batch_indices([config.seed], i, len(train_pairs), dc.batch_size)
-    b = rm_batch([train_pairs[j] for j in idx], tokenizer, dc.seq_len, hc.num_attributes, hc.max_steps)
+    b = rm_batch(batch_rows(train_pairs, idx, local), tokenizer, dc.seq_len, hc.num_attributes, hc.max_steps)
     if hc.type == "process":
       check_step_labels(b, hc.sep_id, f"training batch {i}")
     return b
@@ -262,7 +265,7 @@ def build(config, workdir: str | None = None) -> Built:
 
   def finish(summary):
     final = summary["state"]
-    return dict(summary, report=getattr(evaluate, "report", None), num_pairs=len(train_pairs),
+    return dict(summary, report=getattr(evaluate, "report", None), num_pairs=len(train_pairs), **report_reads(train_pairs),
                 export=export_reward_model(os.path.join(workdir, "reward_model"),
                                            model_params(final.params, final.frozen, merge),  # LoRA: merged
                                            hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len))

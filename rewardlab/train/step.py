@@ -41,12 +41,19 @@ def make_loss_and_grad(graphdef, loss_fn: LossFn, merge: MergeFn | None = None):
 
 
 def micro_split(batch, m: int):
-  """[B, ...] leaves -> [m, B/m, ...]; micro-batch k takes rows k, k+m, k+2m, ..., so a batch
-  sharded in contiguous row blocks keeps every micro-batch spread over all its shards. Pair
-  batches (chosen rows [0, P), rejected rows [P, 2P), per-pair leaves [P]) stay pair batches
-  when m divides P: micro-batch k holds pairs k, k+m, ..., chosen then rejected, with their
-  per-pair fields in the same order."""
-  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1), batch)
+  """[n, ...] leaves -> [m, n/m, ...]; micro-batch k takes examples k, k+m, k+2m, ..., so a
+  batch sharded in contiguous row blocks keeps every micro-batch spread over all its shards.
+  An example is one row, or `rows_per_example` consecutive rows for batches whose class says
+  so (pair-major PairBatch / RMBatch: a pair's chosen and rejected rows, 2); leaves with one
+  entry per example (RMBatch's margin) follow their example."""
+  unit = getattr(batch, "rows_per_example", 1)
+  n = max(x.shape[0] for x in jax.tree.leaves(batch)) // unit
+
+  def split(x):
+    rows = x.shape[0] // n   # rows of this leaf per example
+    blocks = x.reshape(n // m, m, rows, *x.shape[1:])
+    return jnp.swapaxes(blocks, 0, 1).reshape(m, n // m * rows, *x.shape[1:])
+  return jax.tree.map(split, batch)
 
 
 def accumulated_loss_and_grad(grad_fn, micro_batches: int,
