@@ -31,6 +31,10 @@ DPO = ["--config", "configs/dpo_synthetic.py:tiny", "--config.sft_warmup.steps=2
 # beta=0: with a KL penalty and no reward signal yet, the first update is Adam's normalised
 # step along a gradient of float noise (~1e-7) whose direction any change of summation order
 # flips, in one process as on several machines
+RM = ["--config", "configs/rm_synthetic.py:tiny", "--config.sft_warmup.steps=2", "--config.data.eval_pairs=32",
+      "--config.data.batch_size=16", "--config.train.steps=4", "--config.train.log_every=1",
+      "--config.train.eval_every=4", "--config.train.checkpoint_every=2", "--config.eval.batch_size=16",
+      "--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.mesh.tensor=1", "--config.train.progress=False"]
 GRPO = ["--config", "configs/grpo_arithmetic.py:tiny", "--config.objective.beta=0.0", "--config.sft_warmup.steps=2",
         "--config.rl.num_prompts=8",
         "--config.rl.group_size=4", "--config.rl.minibatch_size=16", "--config.train.steps=3",
@@ -268,19 +272,39 @@ def read_reports(workdir, n: int) -> list[dict]:
   return out
 
 
+def pairs_file(path, n: int = 64, bad_at: int | None = 20) -> list[str]:
+  """n synthetic addition pairs as TRL preference rows in a JSONL file, with one malformed line
+  inserted at `bad_at` (None: none); returns the lines."""
+  from rewardlab.data import make_task
+  from rewardlab.data.preference import synthetic_pairs
+  lines = [json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
+           for p in synthetic_pairs(make_task("addition", max_digits=2), np.random.default_rng(0), n)]
+  if bad_at is not None:
+    lines.insert(bad_at, '{"prompt": "1+1=", "chosen": 2')
+  path.write_text("\n".join(lines) + "\n")
+  return lines
+
+
+def assert_read_halves(tmp_path, lines):
+  """Two processes read disjoint halves of the pair file: half of it each to index it (plus
+  the line at the boundary) and together exactly the row bytes one process reads."""
+  (one,), two = read_reports(tmp_path / "one", 1), read_reports(tmp_path / "two", 2)
+  size, longest = one["size"], max(len(line) + 1 for line in lines)
+  assert one["index"] == size
+  assert all(r["index"] <= size // 2 + 1 + longest for r in two)
+  assert sum(r["index"] for r in two) <= size + 1 + longest
+  assert sum(r["rows"] for r in two) == one["rows"]
+  assert all(0.35 * one["rows"] < r["rows"] < 0.65 * one["rows"] for r in two)
+
+
 @pytest.mark.slow
 def test_dpo_two_processes_train_what_one_process_trains_reading_half_the_file_each(tmp_path):
   """DPO on a JSONL pair file (64 pairs and one bad line, skipped): two processes train what one
   trains, and each reads only its share: half the file to index it (plus a line at the
   boundary) and the pairs of its half of each batch (the reference pass and 4 steps: together
   exactly the bytes one process reads)."""
-  from rewardlab.data import make_task
-  from rewardlab.data.preference import synthetic_pairs
-  lines = [json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
-           for p in synthetic_pairs(make_task("addition", max_digits=2), np.random.default_rng(0), 64)]
-  lines.insert(20, '{"prompt": "1+1=", "chosen": 2')
   path = tmp_path / "pairs.jsonl"
-  path.write_text("\n".join(lines) + "\n")
+  lines = pairs_file(path)
   args = DPO + [f"--config.data.pref_path={path}", "--config.data.on_bad_pair=skip"]
   want, got = one_and_two_processes(tmp_path, args)
   assert set(want) == set(got)
@@ -288,13 +312,20 @@ def test_dpo_two_processes_train_what_one_process_trains_reading_half_the_file_e
   assert "gold_reward" in want[(4, "eval")]
   assert_same_metrics(want, got)
   assert_same_metrics(metrics(tmp_path / "one" / "sft_warmup"), metrics(tmp_path / "two" / "sft_warmup"))
-  (one,), two = read_reports(tmp_path / "one", 1), read_reports(tmp_path / "two", 2)
-  size, longest = one["size"], max(len(line) + 1 for line in lines)
-  assert one["index"] == size
-  assert all(r["index"] <= size // 2 + 1 + longest for r in two)
-  assert sum(r["index"] for r in two) <= size + 1 + longest
-  assert sum(r["rows"] for r in two) == one["rows"]                # disjoint halves of every batch
-  assert all(0.35 * one["rows"] < r["rows"] < 0.65 * one["rows"] for r in two)
+  assert_read_halves(tmp_path, lines)
+
+
+@pytest.mark.slow
+def test_reward_model_two_processes_train_what_one_process_trains_reading_half_the_file_each(tmp_path):
+  """The reward model on the same kind of file (a bad row is an error for the RM pipeline, so
+  none here): the same metrics and held-out report on two processes, each reading half."""
+  path = tmp_path / "pairs.jsonl"
+  lines = pairs_file(path, bad_at=None)
+  want, got = one_and_two_processes(tmp_path, RM + [f"--config.data.pref_path={path}"])
+  assert set(want) == set(got)
+  assert {"loss", "accuracy"} <= set(want[(1, "train")]) and "best_of_4" in want[(4, "eval")]
+  assert_same_metrics(want, got)
+  assert_read_halves(tmp_path, lines)
 
 
 @pytest.mark.slow
