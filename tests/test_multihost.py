@@ -310,6 +310,9 @@ def test_dpo_two_processes_train_what_one_process_trains_reading_half_the_file_e
   assert set(want) == set(got)
   assert {"loss", "grad_norm", "reward_accuracy"} <= set(want[(1, "train")])
   assert "gold_reward" in want[(4, "eval")]
+  # at step 1 the policy is the reference: every implicit reward margin is float noise (~1e-7,
+  # its sign set by summation order) and reward_accuracy counts those signs
+  del want[(1, "train")]["reward_accuracy"], got[(1, "train")]["reward_accuracy"]
   assert_same_metrics(want, got)
   assert_same_metrics(metrics(tmp_path / "one" / "sft_warmup"), metrics(tmp_path / "two" / "sft_warmup"))
   assert_read_halves(tmp_path, lines)

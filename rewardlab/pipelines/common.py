@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from rewardlab.distributed import initialize
+from rewardlab.sharding import make_mesh, tracing_mesh
 from rewardlab.train.loop import LoopSettings, Pipeline, fit
 
 
@@ -42,6 +43,9 @@ def runner(build: Callable[..., Built]):
   def run(config, workdir: str | None = None, stop_at_step: int | None = None) -> dict:
     initialize()   # several hosts under SLURM / a TPU pod: join them (nothing for one process)
     workdir = workdir or config.workdir
-    return run_built(build(config, workdir), workdir, stop_at_step)
+    # the run's functions are traced under its mesh (begin_run makes an equal one), so the
+    # model's activation sharding constraints apply
+    with tracing_mesh(make_mesh(dict(config.mesh))):
+      return run_built(build(config, workdir), workdir, stop_at_step)
   run.__doc__ = f"build ({build.__module__}.build), then the shared loop and finish."
   return run

@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 
 from rewardlab.plan.chips import Topology, resolve_topology
 from rewardlab.plan.report import PlanReport, measure
-from rewardlab.sharding import MESH_AXES, make_mesh
+from rewardlab.sharding import MESH_AXES, make_mesh, tracing_mesh
 
 
 def describe_model(config) -> str:
@@ -24,11 +24,16 @@ def plan_config(config, topology: Topology | str, margin: float = 0.9, only: Ite
   it. Raises ConfigError for a config the topology cannot run (mesh, divisibility)."""
   from rewardlab.objectives import OBJECTIVES
   from rewardlab.pipelines import PIPELINES
-  from rewardlab.plan.functions import plan_jobs
   from rewardlab.train import validate
   topo = resolve_topology(topology) if isinstance(topology, str) else topology
   validate(config, OBJECTIVES, PIPELINES, n_devices=topo.n_devices)
   mesh = make_mesh(dict(config.mesh), topo.devices)
+  with tracing_mesh(mesh):   # as a run traces them: the activation constraints apply
+    return _plan_on(config, mesh, topo, margin, only, name, log)
+
+
+def _plan_on(config, mesh, topo: Topology, margin: float, only, name: str, log) -> PlanReport:
+  from rewardlab.plan.functions import plan_jobs
   jobs = plan_jobs(config, mesh)
   wanted = None if only is None else set(only)
   if wanted is not None:
