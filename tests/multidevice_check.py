@@ -114,6 +114,30 @@ def new_paths(config, model_cfg, batches) -> dict:
   return out
 
 
+def traced_under_mesh() -> dict:
+  """What the constraints change and that runs get them: the tiny scanned SFT config's update
+  step on fsdp=8 as `rewardlab plan` compiles it here (under the mesh) and compiled without
+  the mesh context; and the mesh a pipeline's runner traces under."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+  import sft_arithmetic
+  from rewardlab.pipelines import common
+  from rewardlab.plan import planner
+  from rewardlab.plan.chips import local_topology
+  config = sft_arithmetic.get_config("tiny")
+  config.model.scan_layers = True
+  config.mesh.update(data=1, fsdp=8, tensor=1)
+  config.data.batch_size = 16
+  topo = local_topology(measure=False)
+  under = planner.plan_config(config, topo, only=["sft_update"]).functions[0].collectives
+  without = planner._plan_on(config, make_mesh(dict(config.mesh), topo.devices), topo, 0.9, ["sft_update"], "",
+                             None).functions[0].collectives
+  seen = {}
+  common.run_built = lambda built, workdir, stop: seen.update(mesh=dict(jax.sharding.get_abstract_mesh().shape))
+  common.runner(lambda config, workdir: None)(config, "/nonexistent")
+  return {"all_reduce_bytes_under_mesh": under["all-reduce"]["bytes"],
+          "all_reduce_bytes_without": without["all-reduce"]["bytes"], "runner_mesh": seen["mesh"]}
+
+
 def main():
   config = base_config()
   model_cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -128,7 +152,7 @@ def main():
                     "sample_logp_max_abs_diff": float(np.max(np.abs(sample_1[1] - sample_8[1]))),
                     "sample_out_spec": sample_8[2],
                     "n_devices": jax.device_count(), **compare(one, eight),
-                    "new": new_paths(config, model_cfg, batches)}))
+                    "new": new_paths(config, model_cfg, batches), "traced": traced_under_mesh()}))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,14 @@ def test_scanned_layers_with_activation_constraints_equal_single_device(multidev
   assert r["specs_8"]["mu_q"] == r["specs_8"]["q"]
 
 
+def test_runs_and_plans_trace_under_their_mesh(multidevice_result):
+  """Without the mesh context the activation constraints are no-ops and XLA all-reduces
+  activation-sized tensors (measured on this tiny step: 1.74 MB against 0.46 MB per device)."""
+  r = multidevice_result["traced"]
+  assert r["runner_mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert r["all_reduce_bytes_under_mesh"] < 0.5 * r["all_reduce_bytes_without"]
+
+
 def test_scanned_sampler_and_attention_kernels_on_8_devices(multidevice_result):
   r = multidevice_result["new"]
   assert r["scan_sample"]["tokens_equal"]
