@@ -1,19 +1,25 @@
-"""Self-rewarding and label-free methods on the synthetic task at equal budget.
+"""Self-rewarding and label-free methods on the synthetic task at equal budget, over seeds,
+through the sweep runner.
 
-    python experiments/compare_self_rewards.py [--variant tiny] [--out runs/compare_self]
+    python experiments/compare_self_rewards.py [--variant tiny] [--seeds 3] [--out runs/compare_self]
+        [--parallel 1] [--table experiments/self_rewards_tiny.md]
 
-Runs (one shared SFT warm-up for the GRPO runs, copied): verifier-reward GRPO, GRPO + LaSeR,
-GRPO + SPARK (judge AUC = the model judging its own held-out samples),
-label-free GRPO with self-certainty, label-free GRPO with majority vote, and the
-self-rewarding DPO loop (its own warm-up also teaches judging). Reports held-out greedy
+Two sweeps (`rewardlab.sweep`) with the same seeds. GRPO runs: one sweep over
+configs/grpo_arithmetic.py whose points turn it into each method's config
+(`overrides_between`): verifier-reward GRPO, GRPO + LaSeR, GRPO + SPARK (judge AUC = the
+model judging its own held-out samples), label-free GRPO with self-certainty and with
+majority vote; seed s of every method starts from the same SFT warm-up (trained once per
+seed by the runner), so they are compared paired by seed. Then the self-rewarding DPO loop
+(configs/self_rewarding.py; its own warm-up also teaches judging). Reports held-out greedy
 accuracy before/after, pass@1, test-time selection over 8 samples (plain majority,
-self-certainty Borda, LaSeR-weighted majority, LaSeR best-of-8), the AUCs of
-self-certainty / LaSeR / the self-judge for correct vs wrong samples, and wall time.
-Writes <out>/table.md and <out>/results.json.
+self-certainty Borda, LaSeR-weighted majority, LaSeR best-of-8), the AUCs of self-certainty /
+LaSeR / the self-judge for correct vs wrong samples, as mean [95% t interval] over seeds, and
+every GRPO variant vs verifier GRPO. Writes <out>/table.md.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -26,10 +32,11 @@ import grpo_label_free  # noqa: E402
 import grpo_laser  # noqa: E402
 import grpo_spark  # noqa: E402
 import self_rewarding  # noqa: E402
-from rewardlab.eval.tables import run_sharing_sft_warmup, write_results  # noqa: E402
-from rewardlab.pipelines import online_preference, rl  # noqa: E402
+from rewardlab.sweep import SweepSpec, run_sweep  # noqa: E402
+from rewardlab.sweep.report import ci_table, comparisons, derived_summary, first, last, mean_last, optional  # noqa: E402
+from rewardlab.sweep.spec import overrides_between, point_name, seed_list  # noqa: E402
 
-RL_RUNS = {
+GRPO_RUNS = {
     "GRPO (verifier)": lambda v: grpo_arithmetic.get_config(v),
     "GRPO + LaSeR": lambda v: grpo_laser.get_config(v),
     "GRPO + SPARK": lambda v: grpo_spark.get_config(v),
@@ -37,40 +44,63 @@ RL_RUNS = {
     "GRPO majority vote (label-free)": lambda v: grpo_label_free.get_config(f"{v},majority_vote"),
 }
 SELECTION = ("majority@8", "sc_borda@8", "laser_weighted_majority@8", "laser_best_of_8", "sc_auc", "laser_auc")
+GRPO_METRICS = {"acc_before": first("accuracy"), "acc_after": last("accuracy"), "pass1_after": last("pass@1"),
+                **{k: optional(last(k)) for k in SELECTION}, "judge_auc": optional(last("judge_auc"))}
+# the loop has no pass@1 / selection columns (NaN: n/a); its judge AUC is the mean over every round
+LOOP_METRICS = {**{m: lambda r: math.nan for m in GRPO_METRICS}, "acc_before": first("accuracy"),
+                "acc_after": last("accuracy"), "judge_auc": mean_last("round/ranker_auc", 10 ** 9)}
+COMPARED = ("acc_after", "pass1_after", "majority@8")
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--variant", default="tiny")
+  ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--out", default="runs/compare_self")
+  ap.add_argument("--parallel", type=int, default=1)
+  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
   args = ap.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  shared = os.path.join(args.out, "_shared_sft_warmup")
-  results = []
-  for name, make in RL_RUNS.items():
-    config = make(args.variant)
-    config.train.progress = False
-    workdir = os.path.join(args.out, name.split(" (")[0].replace(" ", "_").replace("+", "plus"))
-    summary = run_sharing_sft_warmup(rl.run, config, workdir, shared)
-    evals = [r for r in summary["records"] if r["split"] == "eval"]   # also when resumed
-    start, end = evals[0], evals[-1]
-    row = {"run": name, "acc_before": start["accuracy"], "acc_after": end["accuracy"],
-           "pass1_after": end["pass@1"], **{k: end.get(k, float("nan")) for k in SELECTION},
-           "judge_auc": end.get("judge_auc", float("nan")), "wall_s": summary["wall_s"]}
-    results.append(row)
-    print(row, flush=True)
-  config = self_rewarding.get_config(args.variant)
-  config.train.progress = False
-  config.online.min_margin = 0.01
-  summary = online_preference.run(config, os.path.join(args.out, "self_rewarding_dpo"))
-  evals = [r for r in summary["records"] if r["split"] == "eval"]
-  rounds = [r for r in summary["records"] if r["split"] == "round"]
-  row = {"run": "self-rewarding DPO loop", "acc_before": evals[0]["accuracy"], "acc_after": evals[-1]["accuracy"],
-         "pass1_after": float("nan"), **{k: float("nan") for k in SELECTION},
-         "judge_auc": sum(r["ranker_auc"] for r in rounds) / len(rounds), "wall_s": summary.get("wall_s", float("nan"))}
-  results.append(row)
-  print(row, flush=True)
-  print(write_results(results, args.out))
+  base = grpo_arithmetic.get_config(args.variant)
+  base.train.progress = False
+  points = [overrides_between(base, make(args.variant)) for make in GRPO_RUNS.values()]
+  names = dict(zip(map(point_name, points), GRPO_RUNS))
+  seeds = seed_list(args.seeds, base.seed)
+  grpo = run_sweep(base, SweepSpec(tuple(points), seeds, ("accuracy",)), os.path.join(args.out, "grpo"),
+                   parallel=args.parallel, config_arg=f"configs/grpo_arithmetic.py:{args.variant}")
+  rows = derived_summary(grpo["summary"]["results"], points, GRPO_METRICS)
+
+  loop = self_rewarding.get_config(args.variant)
+  loop.train.progress = False
+  loop.online.min_margin = 0.01
+  done = run_sweep(loop, SweepSpec(({},), seeds, ("accuracy",)), os.path.join(args.out, "self_rewarding_dpo"),
+                   parallel=args.parallel, config_arg=f"configs/self_rewarding.py:{args.variant}")
+  loop_row = derived_summary(done["summary"]["results"], [{}], LOOP_METRICS)[0]._replace(
+      point="self-rewarding DPO loop")
+
+  label = lambda r: names.get(r.point, r.point)  # noqa: E731
+  table = ci_table(rows + [loop_row], {"run": label}, metrics=list(GRPO_METRICS))
+  lines = comparisons(rows, {}, COMPARED, names=label)
+  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+  with open(os.path.join(args.out, "table.md"), "w") as f:
+    f.write(text)
+  print(text)
+  if args.table:
+    with open(args.table, "w") as f:
+      f.write(header(args, base, loop, seeds) + text)
+
+
+def header(args, config, loop, seeds) -> str:
+  rc = config.rl
+  return (f"# Self-rewarding and label-free methods ({args.variant or 'default'} variant, {len(seeds)} seeds)\n\n"
+          f"`python experiments/compare_self_rewards.py --variant {args.variant} --seeds {len(seeds)}` (two "
+          f"`rewardlab.sweep`s, seeds {list(seeds)}). GRPO runs: {config.train.steps} iterations x {rc.num_prompts} "
+          f"prompts x {rc.group_size} samples after an SFT warm-up ({config.sft_warmup.steps} steps) shared per "
+          f"seed by every GRPO variant; selection columns over {config.eval.pass_n} samples of "
+          f"{config.eval.passk_problems} held-out prompts. The self-rewarding DPO loop ({loop.train.steps} steps, "
+          f"min margin {loop.online.min_margin}) has its own warm-up ({loop.sft_warmup.steps} steps, also teaching "
+          f"judging), hence a different acc_before; its judge_auc is the mean over its rounds of the self-judge's AUC "
+          f"for correct vs wrong samples. n/a: the column does not apply. Cells: mean over seeds [95% Student-t "
+          f"interval]. Comparisons are paired by seed against verifier GRPO (`rewardlab.sweep.compare`).\n\n")
 
 
 if __name__ == "__main__":

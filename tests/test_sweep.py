@@ -16,7 +16,9 @@ from helpers import ROOT, load_config, micro_sft_config
 from rewardlab.eval.stats import describe_difference, diff_ci, mean_ci
 from rewardlab.pipelines import PIPELINES
 from rewardlab.sweep import SweepError, SweepSpec, compare, product, run_sweep, summarize_sweep
-from rewardlab.sweep.spec import load_get_sweep, parse_grid, point_name, spec_from_sweep_dict
+from rewardlab.sweep.runner import warmup_jobs
+from rewardlab.sweep.spec import load_get_sweep, overrides_between, parse_grid, plan, point_name, \
+    spec_from_sweep_dict
 from rewardlab.sweep.vmapped import run_seeds
 from rewardlab.train.metrics import read_metrics
 
@@ -64,6 +66,23 @@ def test_grid_flags_points_and_config_sweeps():
     run_sweep(config, SweepSpec(product({"optim.lrr": [1.0]}), (0,)), "/nonexistent/sweep")
   with pytest.raises(SweepError, match="objective.name: 'nope' is not allowed"):
     run_sweep(config, SweepSpec(product({"objective.name": ["nope"]}), (0,)), "/nonexistent/sweep")
+
+
+def test_overrides_between_config_functions_and_warmups_shared_across_them():
+  """Rows built by different config functions become one sweep's points; runs that differ only
+  in sections their SFT warm-up never reads (a reward-model head) share its warm-up per seed."""
+  grpo, label_free = load_config("grpo_arithmetic", "tiny"), load_config("grpo_label_free", "tiny,self_certainty")
+  assert overrides_between(grpo, label_free) == {"rl.rewards": {"self_certainty": 1.0}}   # other keys: whole section
+  rm = load_config("rm_synthetic", "tiny")
+  gated = copy.deepcopy(rm)
+  gated.rm.head.type, gated.workdir, gated.data.seq_len = "gated", "elsewhere", 30
+  assert overrides_between(rm, gated) == {"data.seq_len": 30, "rm.head.type": "gated"}   # workdir ignored
+  with pytest.raises(SweepError, match="has no top-level \\['judge', 'laser', 'rl', 'spark'\\]"):
+    overrides_between(grpo, rm)
+  points = ({}, {"rm.head.type": "ensemble"}, {"rm.head.type": "gated"}, {"data.label_noise": 0.2})
+  todo, copies = warmup_jobs(plan(rm, SweepSpec(points, (0, 1)), "/nonexistent/sweep"), "/nonexistent/sweep")
+  assert len(copies) == 8 and len(todo) == 4    # (heads share, label noise apart) x 2 seeds
+  assert len({shared for shared, _, _ in copies[:6]}) == 2 and "rm" not in todo[0][0]
 
 
 def _final(workdir, metric):

@@ -90,6 +90,17 @@ def from_json(filename: str, *keys: str) -> RunMetric:
   return value
 
 
+def optional(metric: RunMetric) -> RunMetric:
+  """The metric, or NaN for a run whose records do not have it (a column that applies to some
+  rows of a table only, e.g. LaSeR's selection scores)."""
+  def value(r: RunResult) -> float:
+    try:
+      return metric(r)
+    except SweepError:
+      return math.nan
+  return value
+
+
 def derived_summary(results: Sequence[RunResult], points: Sequence[Mapping[str, Any]],
                     metrics: Mapping[str, RunMetric]) -> list[PointSummary]:
   """One PointSummary per grid point (overrides dicts, in order): each metric's per-seed

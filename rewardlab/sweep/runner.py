@@ -183,6 +183,19 @@ def _seedless_key(config) -> str:
   return hashlib.sha1(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# sections of an RL / preference / RM config that its SFT warm-up never reads: runs that differ
+# only there (a reward-model head, an RL auxiliary) share one warm-up per seed
+_NOT_READ_BY_SFT = ("rm", "rl", "laser", "spark", "online", "sft_warmup")
+
+
+def shared_warmup_config(warmup_config) -> ml_collections.ConfigDict:
+  """The warm-up's SFT config without the sections SFT never reads (unlocked copy)."""
+  c = warmup_config.to_dict()
+  for section in _NOT_READ_BY_SFT:
+    c.pop(section, None)
+  return ml_collections.ConfigDict(c)
+
+
 def make_jobs(items: Sequence[tuple], vmap_seeds: bool, log=print, compile_cache: str | None = None) -> list[Job]:
   """items: (config, workdir, label). Without vmap_seeds one job each. With it, items whose
   configs differ only in seed and workdir, of a pipeline in VMAP_PIPELINES, and resuming from
@@ -219,14 +232,13 @@ def warmup_jobs(runs: Sequence[Run], workdir: str) -> tuple[list[tuple], list[tu
     own = os.path.join(run.workdir, "sft_warmup")
     if wc is None or is_finished(own, wc.train.steps):
       continue
+    wc = shared_warmup_config(wc)
     shared = os.path.join(workdir, "_warmups", _seedless_key(wc), f"seed_{wc.seed}")
     copies.append((shared, own, wc.train.steps))
     if shared in seen:
       continue
     seen.add(shared)
-    wc.unlock()
     wc.workdir = shared
-    wc.lock()
     check_reusable(wc, shared)
     if not is_finished(shared, wc.train.steps):
       todo.append((wc, shared, f"sft warm-up {os.path.relpath(shared, workdir)}"))

@@ -176,6 +176,39 @@ def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
     raise SweepError(f"sweep grid: config.{field} = {value!r}: {e}") from None
 
 
+def overrides_between(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict,
+                      ignore: Sequence[str] = ("workdir",)) -> dict:
+  """The grid point that turns `base` into `variant`: {dotted field: variant's value} for every
+  field that differs (a section whose keys differ is overridden whole), so rows built by
+  different config functions (`get_config(variant, head)`) can be one sweep's points and
+  share its warm-ups. Raises SweepError if applying them does not give `variant`."""
+  def walk(a, b, prefix: str) -> dict:
+    out = {}
+    for key in b:
+      field = prefix + key
+      if field in ignore:
+        continue
+      if isinstance(a.get(key), dict) and isinstance(b[key], dict) and set(a[key]) == set(b[key]):
+        out.update(walk(a[key], b[key], field + "."))
+      elif key not in a or a[key] != b[key]:
+        out[field] = b[key]
+    return out
+
+  a, b = base.to_dict(), variant.to_dict()
+  missing = sorted(set(a) - set(b))
+  if missing:
+    raise SweepError(f"overrides_between: the variant config has no top-level {missing}")
+  point = walk(a, b, "")
+  check = copy.deepcopy(base)
+  for field, value in point.items():
+    set_field(check, field, value)
+  for field in ignore:
+    check[field] = variant[field]
+  if check.to_dict() != b:
+    raise SweepError(f"overrides_between: {point} does not turn the base config into the variant")
+  return point
+
+
 def _fmt(value) -> str:
   text = value if isinstance(value, str) else repr(value)
   return re.sub(r"[^\w.=+-]", "_", text) or "_"
