@@ -9,8 +9,7 @@ from scipy import stats
 from rewardlab.eval.tables import markdown_table
 from rewardlab.sweep import SweepError, compare
 from rewardlab.sweep.report import (best, change, ci_table, comparisons, derived_summary, first, from_json, last,
-                                    optional,
-                                    mean_last, separated)
+                                    mean_last, optional, separated)
 from rewardlab.sweep.summary import load_runs
 
 
