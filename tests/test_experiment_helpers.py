@@ -71,3 +71,11 @@ def test_derived_metrics_intervals_and_paired_comparisons(tmp_path):
     derived_summary(results, points, {"x": first("train/loss")})
   absent = derived_summary(results, points, {"x": optional(first("train/loss")), "y": optional(last("accuracy"))})
   assert all(math.isnan(v) for v in absent[0].values["x"]) and absent[0].values["y"] == (0.4, 0.6, 0.5)
+
+
+def test_a_null_metric_a_run_logged_is_nan_not_an_error(tmp_path):
+  """metrics.jsonl writes non-finite values as null (e.g. an AUC with one class only)."""
+  results = _fake_sweep(tmp_path, {"objective.name=a": [[0.2, None], [0.3, 0.5]]})
+  row, = derived_summary(results, [{"objective.name": "a"}], {"after": last("accuracy")})
+  assert math.isnan(row.values["after"][0]) and row.values["after"][1] == 0.5
+  assert "| nan |" not in ci_table([row], {"p": lambda r: r.point}) and "n/a" in ci_table([row], {"p": lambda r: r.point})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -74,7 +75,8 @@ def final_value(result: RunResult, metric: str) -> float:
     have = _scalar_keys(rows[-1]) if rows else []
     raise SweepError(f"{result.workdir}/metrics.jsonl: no {name!r} in the last {split} record; "
                      f"it has {have}")
-  return float(rows[-1][name])
+  value = rows[-1][name]
+  return math.nan if value is None else float(value)   # metrics.jsonl writes non-finite values as null
 
 
 def curve(result: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
