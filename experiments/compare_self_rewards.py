@@ -72,6 +72,7 @@ def main():
   loop = self_rewarding.get_config(args.variant)
   loop.train.progress = False
   loop.online.min_margin = 0.01
+  loop.online.prompts_per_round = 512   # 256 left seed 2's first round with 55 pairs, under a batch of 64
   done = run_sweep(loop, SweepSpec(({},), seeds, ("accuracy",)), os.path.join(args.out, "self_rewarding_dpo"),
                    parallel=args.parallel, config_arg=f"configs/self_rewarding.py:{args.variant}")
   loop_row = derived_summary(done["summary"]["results"], [{}], LOOP_METRICS)[0]._replace(
@@ -97,7 +98,7 @@ def header(args, config, loop, seeds) -> str:
           f"prompts x {rc.group_size} samples after an SFT warm-up ({config.sft_warmup.steps} steps) shared per "
           f"seed by every GRPO variant; selection columns over {config.eval.pass_n} samples of "
           f"{config.eval.passk_problems} held-out prompts. The self-rewarding DPO loop ({loop.train.steps} steps, "
-          f"min margin {loop.online.min_margin}) has its own warm-up ({loop.sft_warmup.steps} steps, also teaching "
+          f"{loop.online.prompts_per_round} prompts per round, min margin {loop.online.min_margin}) has its own warm-up ({loop.sft_warmup.steps} steps, also teaching "
           f"judging), hence a different acc_before; its judge_auc is the mean over its rounds of the self-judge's AUC "
           f"for correct vs wrong samples. n/a: the column does not apply. Cells: mean over seeds [95% Student-t "
           f"interval]. Comparisons are paired by seed against verifier GRPO (`rewardlab.sweep.compare`).\n\n")
