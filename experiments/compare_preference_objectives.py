@@ -18,7 +18,6 @@ interval] over seeds. Writes <out>/table.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -30,7 +29,8 @@ import dpo_synthetic  # noqa: E402
 import online_dpo_synthetic  # noqa: E402
 from rewardlab.pipelines.preference import PAIR_OBJECTIVES  # noqa: E402
 from rewardlab.sweep import SweepSpec, run_sweep  # noqa: E402
-from rewardlab.sweep.report import change, ci_table, comparisons, derived_summary, last, optional  # noqa: E402
+from rewardlab.sweep.report import (change, ci_table, comparisons, derived_summary, experiment_arguments, last,  # noqa: E402
+                                    optional, write_table)
 from rewardlab.sweep.spec import overrides_between, seed_list  # noqa: E402
 
 ONLINE = ("dpo", "rpo")
@@ -53,26 +53,14 @@ def sweep_rows(mode: str, module, objectives, args, seeds):
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--variant", default="tiny")
-  ap.add_argument("--seeds", type=int, default=3)
-  ap.add_argument("--out", default="runs/compare_pref")
-  ap.add_argument("--parallel", type=int, default=1)
-  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
-  args = ap.parse_args()
+  args = experiment_arguments("runs/compare_pref").parse_args()
   seeds = seed_list(args.seeds, dpo_synthetic.get_config(args.variant).seed)
   offline_cfg, offline = sweep_rows("offline", dpo_synthetic, list(PAIR_OBJECTIVES) + ["tgdpo"], args, seeds)
   online_cfg, online = sweep_rows("online", online_dpo_synthetic, list(ONLINE), args, seeds)
   rows = offline + online
   table = ci_table(rows, {"mode": lambda r: r.point.split()[0], "objective": lambda r: r.point.split()[1]})
   lines = comparisons(offline, "offline dpo", COMPARED) + comparisons(online, "online dpo", COMPARED)
-  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
-  if args.table:
-    with open(args.table, "w") as f:
-      f.write(header(args, offline_cfg, online_cfg, seeds) + text)
+  print(write_table(table, lines, args.out, args.table, header(args, offline_cfg, online_cfg, seeds)))
 
 
 def header(args, off, on, seeds) -> str:

@@ -13,7 +13,6 @@ response length, each as mean [95% t interval] over seeds, then every objective 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,7 +23,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import grpo_arithmetic  # noqa: E402
 from rewardlab.objectives.policy_gradient import PG_OBJECTIVES  # noqa: E402
 from rewardlab.sweep import SweepSpec, product, run_sweep  # noqa: E402
-from rewardlab.sweep.report import change, ci_table, comparisons, derived_summary, first, last, mean_last  # noqa: E402
+from rewardlab.sweep.report import (change, ci_table, comparisons, derived_summary, experiment_arguments, first,  # noqa: E402
+                                    last, mean_last, write_table)
 from rewardlab.sweep.spec import seed_list  # noqa: E402
 
 METRICS = {"acc_before": first("accuracy"), "acc_after": last("accuracy"), "gain": change("accuracy"),
@@ -34,13 +34,8 @@ COMPARED = ("acc_after", "pass@4", "kl_ref")
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--variant", default="tiny")
-  ap.add_argument("--seeds", type=int, default=5)
-  ap.add_argument("--out", default="runs/compare_rl")
+  ap = experiment_arguments("runs/compare_rl", seeds=5)
   ap.add_argument("--objectives", default=",".join(PG_OBJECTIVES))
-  ap.add_argument("--parallel", type=int, default=1)
-  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
   args = ap.parse_args()
   config = grpo_arithmetic.get_config(args.variant)
   config.train.progress = False
@@ -52,13 +47,7 @@ def main():
   name = lambda r: r.overrides["objective.name"]  # noqa: E731
   table = ci_table(rows, {"objective": name})
   lines = comparisons(rows, {"objective.name": "grpo"}, COMPARED, names=name) if "grpo" in args.objectives.split(",") else []
-  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
-  if args.table:
-    with open(args.table, "w") as f:
-      f.write(header(args, config, spec) + text)
+  print(write_table(table, lines, args.out, args.table, header(args, config, spec)))
 
 
 def header(args, config, spec) -> str:

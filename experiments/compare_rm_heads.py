@@ -16,7 +16,6 @@ random pick and the oracle). Writes <out>/table.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,8 @@ from rewardlab.pipelines import sft  # noqa: E402
 from rewardlab.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rewardlab.sharding import make_mesh  # noqa: E402
 from rewardlab.sweep import SweepSpec, plan, run_sweep  # noqa: E402
-from rewardlab.sweep.report import ci_table, comparisons, derived_summary, from_json  # noqa: E402
+from rewardlab.sweep.report import (ci_table, comparisons, derived_summary, experiment_arguments, from_json,  # noqa: E402
+                                    write_table)
 from rewardlab.sweep.spec import overrides_between, point_name, seed_list  # noqa: E402
 from rewardlab.train.policy import PolicySpec, build_policy  # noqa: E402
 
@@ -99,13 +99,7 @@ def best_of_8(config, workdir: str, mesh) -> dict:
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--variant", default="tiny")
-  ap.add_argument("--seeds", type=int, default=3)
-  ap.add_argument("--out", default="runs/compare_rm")
-  ap.add_argument("--parallel", type=int, default=1)
-  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
-  args = ap.parse_args()
+  args = experiment_arguments("runs/compare_rm").parse_args()
   base = row_config(args.variant, "scalar", {})
   base.train.progress = False
   points = tuple(overrides_between(base, row_config(args.variant, head, o)) for _, head, o in RUNS)
@@ -119,13 +113,7 @@ def main():
   label = lambda r: names[r.point]  # noqa: E731
   table = ci_table(rows, {"run": label})
   lines = comparisons(rows, {}, COMPARED, names=label)
-  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
-  if args.table:
-    with open(args.table, "w") as f:
-      f.write(header(args, base, spec) + text)
+  print(write_table(table, lines, args.out, args.table, header(args, base, spec)))
 
 
 def header(args, c, spec) -> str:

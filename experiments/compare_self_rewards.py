@@ -18,7 +18,6 @@ every GRPO variant vs verifier GRPO. Writes <out>/table.md.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -33,7 +32,8 @@ import grpo_laser  # noqa: E402
 import grpo_spark  # noqa: E402
 import self_rewarding  # noqa: E402
 from rewardlab.sweep import SweepSpec, run_sweep  # noqa: E402
-from rewardlab.sweep.report import ci_table, comparisons, derived_summary, first, last, mean_last, optional  # noqa: E402
+from rewardlab.sweep.report import (ci_table, comparisons, derived_summary, experiment_arguments, first, last,  # noqa: E402
+                                    mean_last, optional, write_table)
 from rewardlab.sweep.spec import overrides_between, point_name, seed_list  # noqa: E402
 
 GRPO_RUNS = {
@@ -53,13 +53,7 @@ COMPARED = ("acc_after", "pass1_after", "majority@8")
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--variant", default="tiny")
-  ap.add_argument("--seeds", type=int, default=3)
-  ap.add_argument("--out", default="runs/compare_self")
-  ap.add_argument("--parallel", type=int, default=1)
-  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
-  args = ap.parse_args()
+  args = experiment_arguments("runs/compare_self").parse_args()
   base = grpo_arithmetic.get_config(args.variant)
   base.train.progress = False
   points = [overrides_between(base, make(args.variant)) for make in GRPO_RUNS.values()]
@@ -81,13 +75,7 @@ def main():
   label = lambda r: names.get(r.point, r.point)  # noqa: E731
   table = ci_table(rows + [loop_row], {"run": label}, metrics=list(GRPO_METRICS))
   lines = comparisons(rows, {}, COMPARED, names=label)
-  text = table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
-  if args.table:
-    with open(args.table, "w") as f:
-      f.write(header(args, base, loop, seeds) + text)
+  print(write_table(table, lines, args.out, args.table, header(args, base, loop, seeds)))
 
 
 def header(args, config, loop, seeds) -> str:

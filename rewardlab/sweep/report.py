@@ -162,3 +162,31 @@ def comparisons(rows: Sequence[PointSummary], baseline, metrics: Sequence[str],
 def separated(lines: Sequence[str]) -> list[str]:
   """The comparison lines whose interval excludes 0 (the findings)."""
   return [line for line in lines if not line.startswith(("no difference", "no interval"))]
+
+
+def experiment_arguments(out: str, seeds: int = 3, argv: Sequence[str] | None = None):
+  """The flags every experiment script over seeds takes: --variant (the configs' variant,
+  default tiny), --seeds, --out (the sweeps' folder), --parallel (runs at a time) and --table
+  (also write the table, with a header, to this file)."""
+  import argparse
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--variant", default="tiny")
+  ap.add_argument("--seeds", type=int, default=seeds)
+  ap.add_argument("--out", default=out)
+  ap.add_argument("--parallel", type=int, default=1)
+  ap.add_argument("--table", default="", help="also write the table (with a header) to this file")
+  return ap
+
+
+def write_table(table: str, comparison_lines: Sequence[str], out: str, table_path: str = "",
+                header: str = "") -> str:
+  """The experiment's text (CI table, then one bullet per comparison) -> <out>/table.md, and
+  with `table_path` also there after `header`. Returns the text."""
+  text = table + "\n" + "\n".join(f"- {line}" for line in comparison_lines) + "\n"
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(text)
+  if table_path:
+    with open(table_path, "w") as f:
+      f.write(header + text)
+  return text
+
