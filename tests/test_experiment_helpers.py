@@ -9,7 +9,7 @@ from scipy import stats
 from rewardlab.eval.tables import markdown_table
 from rewardlab.sweep import SweepError, compare
 from rewardlab.sweep.report import (best, change, ci_table, comparisons, derived_summary, first, from_json, last,
-                                    mean_last, optional, separated)
+                                    experiment_arguments, mean_last, optional, separated, write_table)
 from rewardlab.sweep.summary import load_runs
 
 
@@ -79,3 +79,11 @@ def test_a_null_metric_a_run_logged_is_nan_not_an_error(tmp_path):
   row, = derived_summary(results, [{"objective.name": "a"}], {"after": last("accuracy")})
   assert math.isnan(row.values["after"][0]) and row.values["after"][1] == 0.5
   assert "| nan |" not in ci_table([row], {"p": lambda r: r.point}) and "n/a" in ci_table([row], {"p": lambda r: r.point})
+
+
+def test_experiment_flags_and_table_files(tmp_path):
+  args = experiment_arguments("runs/x").parse_args(["--seeds", "5", "--table", str(tmp_path / "t.md")])
+  assert (args.variant, args.seeds, args.out, args.parallel) == ("tiny", 5, "runs/x", 1)
+  text = write_table("| a |\n", ["no difference detected"], str(tmp_path), args.table, "# head\n\n")
+  assert text == "| a |\n\n- no difference detected\n" == (tmp_path / "table.md").read_text()
+  assert (tmp_path / "t.md").read_text() == "# head\n\n" + text
