@@ -8,8 +8,8 @@ from scipy import stats
 
 from rewardlab.eval.tables import markdown_table
 from rewardlab.sweep import SweepError, compare
-from rewardlab.sweep.report import (best, change, ci_table, comparisons, derived_summary, first, from_json, last,
-                                    experiment_arguments, mean_last, optional, separated, write_table)
+from rewardlab.sweep.report import (best, change, ci_table, comparisons, derived_summary, experiment_arguments, first,
+                                    from_json, last, mean_last, optional, separated, write_table)
 from rewardlab.sweep.summary import load_runs
 
 
