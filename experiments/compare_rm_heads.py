@@ -112,7 +112,7 @@ def main():
   rows = derived_summary(out["summary"]["results"], points, METRICS)
   label = lambda r: names[r.point]  # noqa: E731
   table = ci_table(rows, {"run": label})
-  lines = comparisons(rows, {}, COMPARED, names=label)
+  lines = comparisons(rows, points[0], COMPARED, names=label)
   print(write_table(table, lines, args.out, args.table, header(args, base, spec)))
 
 

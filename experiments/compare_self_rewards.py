@@ -74,7 +74,7 @@ def main():
 
   label = lambda r: names.get(r.point, r.point)  # noqa: E731
   table = ci_table(rows + [loop_row], {"run": label}, metrics=list(GRPO_METRICS))
-  lines = comparisons(rows, {}, COMPARED, names=label)
+  lines = comparisons(rows, points[0], COMPARED, names=label)
   print(write_table(table, lines, args.out, args.table, header(args, base, loop, seeds)))
 
 
