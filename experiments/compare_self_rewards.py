@@ -86,7 +86,8 @@ def header(args, config, loop, seeds) -> str:
           f"prompts x {rc.group_size} samples after an SFT warm-up ({config.sft_warmup.steps} steps) shared per "
           f"seed by every GRPO variant; selection columns over {config.eval.pass_n} samples of "
           f"{config.eval.passk_problems} held-out prompts. The self-rewarding DPO loop ({loop.train.steps} steps, "
-          f"{loop.online.prompts_per_round} prompts per round, min margin {loop.online.min_margin}) has its own warm-up ({loop.sft_warmup.steps} steps, also teaching "
+          f"{loop.online.prompts_per_round} prompts per round, min margin {loop.online.min_margin}) has its own "
+          f"warm-up ({loop.sft_warmup.steps} steps, also teaching "
           f"judging), hence a different acc_before; its judge_auc is the mean over its rounds of the self-judge's AUC "
           f"for correct vs wrong samples. n/a: the column does not apply. Cells: mean over seeds [95% Student-t "
           f"interval]. Comparisons are paired by seed against verifier GRPO (`rewardlab.sweep.compare`).\n\n")

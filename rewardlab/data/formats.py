@@ -88,8 +88,13 @@ def _parquet_rows(path: str) -> Iterator[tuple[object, str]]:
     table = parquet_file(path).read()
   except pa.ArrowException as e:
     raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
-  for i, row in enumerate(table.to_pylist(), 1):
-    yield {k: v for k, v in row.items() if v is not None}, f"{path}:row {i}"
+  for i, row in enumerate(parquet_records(table), 1):
+    yield row, f"{path}:row {i}"
+
+
+def parquet_records(table) -> list[dict]:
+  """A pyarrow table's rows as dicts, null fields left out (an absent optional field)."""
+  return [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
 
 
 def read_rows(path: str, what: str = "data") -> Iterator[tuple[object, str]]:

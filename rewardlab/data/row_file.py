@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rewardlab.data.formats import RowError, jsonl_record, parquet_file
+from rewardlab.data.formats import RowError, jsonl_record, parquet_file, parquet_records
 from rewardlab.distributed import allgather_objects, process_count, process_index
 
 
@@ -124,7 +124,7 @@ class RowFile(collections.abc.Sequence):
   def _read_group(pf, g: int) -> tuple[list[dict], int]:
     """Row group g's rows (null fields left out) and its size in the file (compressed bytes)."""
     rg = pf.metadata.row_group(g)
-    rows = [{k: v for k, v in r.items() if v is not None} for r in pf.read_row_group(g).to_pylist()]
+    rows = parquet_records(pf.read_row_group(g))
     return rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
 
   def _group(self, g: int) -> list:

@@ -265,7 +265,8 @@ def build(config, workdir: str | None = None) -> Built:
 
   def finish(summary):
     final = summary["state"]
-    return dict(summary, report=getattr(evaluate, "report", None), num_pairs=len(train_pairs), **report_reads(train_pairs),
+    return dict(summary, report=getattr(evaluate, "report", None), num_pairs=len(train_pairs),
+                **report_reads(train_pairs),
                 export=export_reward_model(os.path.join(workdir, "reward_model"),
                                            model_params(final.params, final.frozen, merge),  # LoRA: merged
                                            hc, model_cfg, spec.tokenizer_path or spec.hf_path, dc.seq_len))

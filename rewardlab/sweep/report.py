@@ -164,7 +164,7 @@ def separated(lines: Sequence[str]) -> list[str]:
   return [line for line in lines if not line.startswith(("no difference", "no interval"))]
 
 
-def experiment_arguments(out: str, seeds: int = 3, argv: Sequence[str] | None = None):
+def experiment_arguments(out: str, seeds: int = 3):
   """The flags every experiment script over seeds takes: --variant (the configs' variant,
   default tiny), --seeds, --out (the sweeps' folder), --parallel (runs at a time) and --table
   (also write the table, with a header, to this file)."""
